@@ -1,0 +1,29 @@
+"""The env key: which dependency set, on which interpreter, layered on which base.
+
+Reuse is on exact equality of the key (a different base fingerprint, Python or platform is a
+different env), and the key is short enough to be a directory name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from sandvisor.supervisor.base_env import BaseEnvironment
+from sandvisor.supervisor.requirements import NormalizedRequirement
+
+# Bump when the layout of a built env changes, so old envs are never reused.
+LAYOUT_VERSION = 1
+KEY_CHARS = 24
+
+
+def env_key(requirements: Iterable[NormalizedRequirement], base: BaseEnvironment) -> str:
+    document = {
+        "layout": LAYOUT_VERSION,
+        "requirements": sorted(r.spec for r in requirements),
+        "tag": base.tag,
+        "base": base.fingerprint,
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_CHARS]

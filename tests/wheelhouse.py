@@ -1,0 +1,57 @@
+"""Tiny pure-Python wheels built offline, for tests that install with ``--no-index --find-links``.
+
+``build_wheel(dir, "tinypkg", "1.0")`` writes ``tinypkg-1.0-py3-none-any.whl``: one module
+``tinypkg`` whose ``__version__`` is the version, so a test can check which copy it imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+
+def build_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    *,
+    requires: Iterable[str] = (),
+    code: str = "",
+) -> Path:
+    """Write a wheel of module ``name`` (dashes become underscores) into ``directory``."""
+    dist = canonicalize_name(name).replace("-", "_")
+    module = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            f"Name: {name}",
+            f"Version: {version}",
+            *(f"Requires-Dist: {r}" for r in requires),
+            "",
+        ]
+    )
+    files = {
+        f"{module}.py": f"__version__ = {version!r}\n{code}",
+        f"{info}/METADATA": metadata,
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: sandvisor-tests\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{path},{_digest(text)},{len(text.encode())}" for path, text in files.items()]
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,", ""])
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def _digest(text: str) -> str:
+    raw = hashlib.sha256(text.encode()).digest()
+    return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
