@@ -1,0 +1,73 @@
+"""Arguments and results on the wire: base64 cloudpickle (runpod-flash's default) or plain JSON.
+
+Decoding arguments unpickles user data, so it happens only in the child; the supervisor only
+checks that args are well-formed strings. Encoding a result happens in the child too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import cloudpickle
+
+CLOUDPICKLE = "cloudpickle"
+JSON = "json"
+FORMATS = (CLOUDPICKLE, JSON)
+
+
+class CodecError(ValueError):
+    """An argument or result cannot be encoded or decoded; the message names which one."""
+
+
+def encode_value(value: Any) -> str:
+    return base64.b64encode(cloudpickle.dumps(value)).decode("ascii")
+
+
+def decode_value(data: Any, where: str) -> Any:
+    if not isinstance(data, str):
+        raise CodecError(
+            f"{where}: expected a base64 cloudpickle string, got {type(data).__name__}"
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CodecError(f"{where}: invalid base64 ({exc})") from exc
+    try:
+        return cloudpickle.loads(raw)
+    except Exception as exc:
+        raise CodecError(f"{where}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+
+
+def decode_arguments(
+    args: list[Any], kwargs: dict[str, Any], fmt: str, what: str = "args"
+) -> tuple[list[Any], dict[str, Any]]:
+    """Turn wire args/kwargs into Python values. ``what`` names them in errors."""
+    if fmt == JSON:
+        return list(args), dict(kwargs)
+    if fmt != CLOUDPICKLE:
+        raise CodecError(f"unknown serialization_format {fmt!r}; expected one of {FORMATS}")
+    kw_what = "kwargs" if what == "args" else f"{what.removesuffix('args')}kwargs"
+    return (
+        [decode_value(value, f"{what}[{i}]") for i, value in enumerate(args)],
+        {key: decode_value(value, f"{kw_what}[{key!r}]") for key, value in kwargs.items()},
+    )
+
+
+def encode_result(value: Any, fmt: str) -> dict[str, Any]:
+    """The response fields that carry ``value``: ``result`` or ``json_result``."""
+    if fmt == JSON:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise CodecError(
+                f"result is not JSON-serializable ({exc}); "
+                "use serialization_format='cloudpickle' for Python objects"
+            ) from exc
+        return {"json_result": value}
+    try:
+        return {"result": encode_value(value)}
+    except Exception as exc:
+        raise CodecError(f"result cannot be pickled ({type(exc).__name__}: {exc})") from exc

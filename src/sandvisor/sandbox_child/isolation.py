@@ -1,0 +1,78 @@
+"""What makes a process a job's own: session, descriptors, limits, environment."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import signal
+import sys
+
+CHANNEL_FD = 3
+
+
+def own_session() -> None:
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a session leader (started with start_new_session)
+
+
+def install_descriptors(channel_fd: int, stdout_fd: int, stderr_fd: int) -> int:
+    """Make fds 0/1/2 /dev/null, stdout, stderr; move the channel to fd 3; close all others."""
+    # Lift all three out of the way first, so no dup2 below overwrites one still needed.
+    channel, stdout, stderr = (
+        fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (channel_fd, stdout_fd, stderr_fd)
+    )
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    # Not inheritable: a subprocess of the job never holds the protocol channel open.
+    os.dup2(channel, CHANNEL_FD, inheritable=False)
+    os.closerange(CHANNEL_FD + 1, _max_fd())
+    return CHANNEL_FD
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 65536
+
+
+def reset_signals() -> None:
+    """A forked child starts from default dispositions, not the template's."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as a fresh interpreter has it
+
+
+def apply_limits(rlimits: dict[str, list[int]], oom_score_adj: int | None) -> None:
+    for name, (soft, hard) in rlimits.items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if oom_score_adj is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write(str(oom_score_adj))
+        except OSError:
+            pass  # not Linux, or no permission: the watchdog still enforces memory
+
+
+def replace_environment(env: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+
+
+def line_buffered_stdio() -> None:
+    """Fresh line-buffered text streams on fds 1 and 2.
+
+    New objects rather than reconfigured ones: in a forked child the inherited wrappers describe
+    the template's descriptors (seekable /dev/null), not the job's pipes.
+    """
+    sys.stdout = sys.__stdout__ = open(  # noqa: SIM115 - lives as long as the process
+        1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    )
+    sys.stderr = sys.__stderr__ = open(  # noqa: SIM115
+        2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    )

@@ -1,0 +1,280 @@
+"""Run one job inside its child: load the code, call it, report a result or an error frame.
+
+Every way a job can fail inside the child becomes one ``error`` frame with a ``kind`` (the
+supervisor's ErrorType value), a one-line ``summary`` and a ``detail``; the child then leaves with
+``os._exit`` so atexit hooks and stray non-daemon threads of user code cannot keep it alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import linecache
+import logging
+import os
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
+from sandvisor.sandbox_child import isolation
+from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.logs import install_log_forwarding
+from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir
+
+JOB_MODULE_NAME = "__sandvisor_job__"
+
+
+class JobFailure(Exception):
+    """A failure already classified for the supervisor: kind, one-line summary, detail."""
+
+    def __init__(self, kind: str, summary: str, detail: str = "") -> None:
+        super().__init__(summary)
+        self.kind = kind
+        self.summary = summary
+        self.detail = detail
+
+
+def invalid(summary: str, detail: str = "") -> JobFailure:
+    return JobFailure("invalid_request", summary, detail)
+
+
+def user_failure(exc: BaseException, user_files: set[str]) -> JobFailure:
+    message = str(exc).strip().splitlines()
+    summary = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+    return JobFailure("user_exception", summary, user_traceback(exc, user_files))
+
+
+def user_traceback(exc: BaseException, user_files: set[str]) -> str:
+    """The traceback from the first frame of user code on: our own frames are noise to the user."""
+    start = _first_frame(exc.__traceback__, lambda name: name in user_files)
+    start = start or _first_frame(exc.__traceback__, lambda name: not name.startswith(_RUNTIME_DIR))
+    return "".join(traceback.format_exception(type(exc), exc, start or exc.__traceback__))
+
+
+def _first_frame(
+    tb: types.TracebackType | None, wanted: Callable[[str], bool]
+) -> types.TracebackType | None:
+    while tb is not None and not wanted(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return tb
+
+
+_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_source(source: str, label: str, user_files: set[str]) -> dict[str, Any]:
+    """Exec user source as a module that tracebacks and ``inspect.getsource`` can show."""
+    filename = f"<{label}>"
+    user_files.add(filename)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        code = compile(source, filename, "exec")
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" if exc.lineno else "unknown line"
+        raise invalid(
+            f"syntax error in {label} at {where}: {exc.msg}",
+            "".join(traceback.format_exception_only(type(exc), exc)),
+        ) from None
+    # Not registered in sys.modules, so cloudpickle pickles what it defines by value.
+    module = types.ModuleType(JOB_MODULE_NAME)
+    module.__file__ = filename
+    try:
+        exec(code, module.__dict__)
+    except Exception as exc:
+        raise user_failure(exc, user_files) from None
+    return module.__dict__
+
+
+def import_deployed(module_name: str, sys_path: list[str], user_files: set[str]) -> dict[str, Any]:
+    for entry in reversed(sys_path):
+        sys.path.insert(0, entry)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise user_failure(exc, user_files) from None
+    return module.__dict__
+
+
+def lookup(namespace: dict[str, Any], name: str, what: str, source: str) -> Any:
+    if name in namespace:
+        return namespace[name]
+    defined = sorted(
+        key
+        for key, value in namespace.items()
+        if not key.startswith("__") and (callable(value) or inspect.isclass(value))
+    )
+    listing = ", ".join(defined[:20]) or "nothing callable"
+    raise invalid(f"{what} {name!r} is not defined by {source} (it defines: {listing})")
+
+
+def resolve_callable(
+    request: dict[str, Any], job: dict[str, Any], user_files: set[str]
+) -> Callable[..., Any]:
+    fmt = request.get("serialization_format", "cloudpickle")
+    is_class = request.get("execution_type", "function") == "class"
+    code_field = "class_code" if is_class else "function_code"
+    source = request.get(code_field)
+    if source is not None:
+        namespace = load_source(source, code_field, user_files)
+        origin = code_field
+    elif job.get("module"):
+        namespace = import_deployed(job["module"], job.get("sys_path", []), user_files)
+        origin = f"module {job['module']}"
+    else:
+        raise invalid(f"request has no {code_field} and names no deployed module")
+    if not is_class:
+        return lookup(namespace, request["function_name"], "function_name", origin)
+    cls = lookup(namespace, request["class_name"], "class_name", origin)
+    ctor_args, ctor_kwargs = decode_or_fail(
+        request.get("constructor_args", []),
+        request.get("constructor_kwargs", {}),
+        fmt,
+        "constructor_args",
+    )
+    try:
+        instance = cls(*ctor_args, **ctor_kwargs)
+    except Exception as exc:
+        raise user_failure(exc, user_files) from None
+    method_name = request.get("method_name", "__call__")
+    if not hasattr(instance, method_name):
+        raise invalid(
+            f"method_name {method_name!r} is not a method of class {request['class_name']!r}"
+        )
+    return getattr(instance, method_name)
+
+
+def decode_or_fail(args: Any, kwargs: Any, fmt: str, what: str) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        return decode_arguments(args, kwargs, fmt, what)
+    except CodecError as exc:
+        raise invalid(f"cannot decode {exc}") from None
+
+
+def call(
+    function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], user_files: set[str]
+) -> Any:
+    try:
+        value = function(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_awaited(value))
+    except Exception as exc:
+        raise user_failure(exc, user_files) from None
+    return value
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def result_fields(value: Any, fmt: str, max_result_bytes: int | None) -> dict[str, Any]:
+    try:
+        fields = encode_result(value, fmt)
+    except CodecError as exc:
+        raise JobFailure("user_exception", str(exc)) from None
+    size = len(fields["result"]) if "result" in fields else len(repr(fields["json_result"]))
+    if max_result_bytes is not None and size > max_result_bytes:
+        raise JobFailure(
+            "result_too_large",
+            f"result of {size} bytes (encoded) is over the {max_result_bytes}-byte limit",
+        )
+    return fields
+
+
+DISPLAY_LIMIT = 64 * 1024
+
+
+def display_of(value: Any) -> str:
+    """The result as a person reads it (pretty JSON, else repr), made here so no caller unpickles."""
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+    except (TypeError, ValueError):
+        try:
+            text = repr(value)
+        except Exception as exc:
+            text = f"<unrepresentable {type(value).__name__}: {exc}>"
+    return text if len(text) <= DISPLAY_LIMIT else text[:DISPLAY_LIMIT] + "\n... (cut)"
+
+
+def execute(job: dict[str, Any], channel: Channel) -> None:
+    """Everything after the job frame is read: prepare, run, report. Raises nothing."""
+    user_files: set[str] = set()
+    request = job["request"]
+    try:
+        enter_workdir(job["workdir"], request.get("modules") or {})
+    except ModulePathError as exc:
+        report_failure(channel, invalid(str(exc)))
+        return
+    except OSError as exc:
+        report_failure(channel, invalid(f"cannot prepare the job's working dir: {exc}"))
+        return
+    try:
+        fmt = request.get("serialization_format", "cloudpickle")
+        function = resolve_callable(request, job, user_files)
+        args, kwargs = decode_or_fail(
+            request.get("args", []), request.get("kwargs", {}), fmt, "args"
+        )
+        channel.send({"t": "running", "ts": time.time()})
+        value = call(function, args, kwargs, user_files)
+        fields = result_fields(value, fmt, job.get("max_result_bytes"))
+    except JobFailure as failure:
+        report_failure(channel, failure)
+        return
+    flush_stdio()
+    frame: dict[str, Any] = {"t": "result", "fields": fields}
+    if job.get("display"):
+        frame["display"] = display_of(value)
+    channel.send(frame)
+
+
+def report_failure(channel: Channel, failure: JobFailure) -> None:
+    flush_stdio()
+    channel.send(
+        {"t": "error", "kind": failure.kind, "summary": failure.summary, "detail": failure.detail}
+    )
+
+
+def flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # user code closed or replaced it: what it wrote is already gone or written
+
+
+def exit_code_of(exc: SystemExit) -> int:
+    """The status ``sys.exit(code)`` gives a process: None is 0, an int itself, anything else 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+    """The whole life of a job child, spawned or forked; never returns."""
+    code = 0
+    try:
+        fd = isolation.install_descriptors(channel_fd, stdout_fd, stderr_fd)
+        channel = Channel(fd)
+        job = channel.receive()
+        isolation.replace_environment(job["env"])
+        isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
+        isolation.line_buffered_stdio()
+        install_log_forwarding(channel)
+        execute(job, channel)
+        logging.shutdown()
+    except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
+        code = exit_code_of(exc)
+    except BaseException:  # the channel itself broke: the supervisor sees no result and says so
+        traceback.print_exc()
+        code = 70  # EX_SOFTWARE
+    finally:
+        flush_stdio()
+        os._exit(code)

@@ -1,0 +1,161 @@
+"""A warm template: an interpreter with the runtime (and preloads) imported that forks job children.
+
+It never runs user code and holds no job state. Commands come over a Unix socket as one byte:
+``F`` with three descriptors attached (job channel, stdout, stderr) forks a job child; ``P`` is a
+ping. Replies are frames on the same socket: ``ready`` once, ``forked`` per ``F`` in order,
+``exit`` when a job child it forked is reaped (with status and rusage), ``pong``. Orphans of jobs
+come to the template (it is a child subreaper) and are reaped silently. When the supervisor goes
+away (end of stream on the socket), the template kills every job it forked and leaves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from sandvisor.protocol.frames import encode_frame
+from sandvisor.sandbox_child.runner import run_job
+
+PR_SET_CHILD_SUBREAPER = 36
+COMMAND_FORK = b"F"
+COMMAND_PING = b"P"
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def preload(modules: list[str]) -> dict[str, str]:
+    """Import the preload list; a module that fails is reported, not fatal."""
+    failed: dict[str, str] = {}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return failed
+
+
+class Template:
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.live: set[int] = set()
+        self._wakeup_r, wakeup_w = os.pipe()
+        os.set_blocking(wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
+        signal.set_wakeup_fd(wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(control, selectors.EVENT_READ, self._on_command)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_sigchld)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.control.sendall(encode_frame(frame))
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self._selector.select():
+                if key.data() is False:
+                    return
+
+    def _on_command(self) -> bool:
+        message, fds, _, _ = socket.recv_fds(self.control, 1, 3)
+        if not message:
+            self._kill_jobs()
+            return False
+        if message == COMMAND_PING:
+            self.send({"t": "pong", "ts": time.time(), "live": len(self.live)})
+        elif message == COMMAND_FORK and len(fds) == 3:
+            self._fork(*fds)
+        else:
+            for fd in fds:
+                os.close(fd)
+            self.send({"t": "fork_failed", "error": f"bad command {message!r} with {len(fds)} fds"})
+        return True
+
+    def _fork(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send({"t": "fork_failed", "error": f"fork: {exc}"})
+        else:
+            if pid == 0:
+                self._become_job(channel_fd, stdout_fd, stderr_fd)
+            self.live.add(pid)
+            self.send({"t": "forked", "pid": pid})
+        finally:
+            for fd in (channel_fd, stdout_fd, stderr_fd):
+                os.close(fd)
+
+    def _become_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+        from sandvisor.sandbox_child.isolation import own_session, reset_signals
+
+        reset_signals()
+        own_session()
+        self._selector.close()
+        run_job(channel_fd, stdout_fd, stderr_fd)  # closes every other fd; never returns
+
+    def _on_sigchld(self) -> bool:
+        try:
+            while os.read(self._wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return True
+            if pid in self.live:
+                self.live.discard(pid)
+                self.send(
+                    {
+                        "t": "exit",
+                        "pid": pid,
+                        "status": status,
+                        "maxrss_kb": usage.ru_maxrss,
+                        "utime": usage.ru_utime,
+                        "stime": usage.ru_stime,
+                    }
+                )
+
+    def _kill_jobs(self) -> None:
+        for pid in self.live:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def serve_template(control_fd: int, preloads: list[str]) -> None:
+    control = socket.socket(fileno=control_fd)
+    control.setblocking(True)
+    become_subreaper()
+    failed = preload(preloads)
+    template = Template(control)
+    template.send(
+        {
+            "t": "ready",
+            "pid": os.getpid(),
+            "python": sys.executable,
+            "preloaded": [name for name in preloads if name not in failed],
+            "preload_failed": failed,
+        }
+    )
+    try:
+        template.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        template._kill_jobs()

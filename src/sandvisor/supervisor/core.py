@@ -1,0 +1,208 @@
+"""The Supervisor: takes FunctionRequests, runs each in its own child, answers FunctionResponses.
+
+    request (dict or model) -> validate -> limits -> environment -> JobRun -> FunctionResponse
+
+Every request gets a response: bad input, a failed install, a crashed child and a bug of ours
+all come back as ``success: false`` with a one-line reason first. Nothing a job does can raise
+out of ``run()``; only cancelling the caller's own task does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
+from sandvisor.supervisor.events import LogEvent
+from sandvisor.supervisor.job import JobRun, JobSpec
+from sandvisor.supervisor.limits import Limits, LimitsError
+from sandvisor.supervisor.outcome import failure
+from sandvisor.supervisor.policy import child_environment
+from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.templates import TemplatePool
+
+log = logging.getLogger(__name__)
+
+#: Events a ``stream()`` consumer may fall behind by before the job's pipes are paused.
+STREAM_BUFFER = 256
+
+
+class InvalidRequest(Exception):
+    """The request cannot be run as given; the message says what is wrong in one line."""
+
+    def __init__(self, summary: str, detail: str = "") -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail = detail
+
+
+def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> FunctionRequest:
+    if isinstance(request, FunctionRequest):
+        return request
+    if hasattr(request, "model_dump"):  # e.g. runpod-flash's own FunctionRequest
+        request = request.model_dump(exclude_none=True)
+    if not isinstance(request, Mapping):
+        raise InvalidRequest(
+            f"invalid request: expected a JSON object, got {type(request).__name__}"
+        )
+    try:
+        return FunctionRequest.model_validate(dict(request))
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc), str(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "request"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid request: {where}: {first['msg']}{more}"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Supervisor:
+    """Async context manager; ``run``, ``stream`` and ``cancel`` may be used from many tasks."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._jobs: dict[str, JobRun] = {}
+        self._templates: TemplatePool | None = None
+        self._base_env: dict[str, str] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Supervisor:
+        self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._base_env = child_environment(self.settings, os.environ)
+        if self.settings.templates:
+            self._templates = TemplatePool(
+                self.settings.max_templates, self.settings.preload, self._base_env
+            )
+            await self._templates.get(sys.executable)  # the base template is warm before any job
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for run in list(self._jobs.values()):
+            run.stop(ErrorType.CANCELLED, "cancelled: the supervisor is shutting down")
+        while self._jobs:
+            await asyncio.sleep(0.01)
+        if self._templates is not None:
+            await self._templates.close()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+    # -- API ---------------------------------------------------------------------------------
+
+    async def run(
+        self, request: FunctionRequest | Mapping[str, Any], job_id: str | None = None
+    ) -> FunctionResponse:
+        return await self._execute(request, job_id or new_job_id(), None)
+
+    async def stream(
+        self,
+        request: FunctionRequest | Mapping[str, Any],
+        job_id: str | None = None,
+        *,
+        display: bool = False,
+    ) -> AsyncIterator[LogEvent | FunctionResponse]:
+        """Live events of the job, then its FunctionResponse. Leaving early cancels the job.
+
+        ``display``: also fill the response's ``result_display`` (for terminals).
+        """
+        events: asyncio.Queue[LogEvent] = asyncio.Queue(STREAM_BUFFER)
+        task = asyncio.ensure_future(
+            self._execute(request, job_id or new_job_id(), events.put, display)
+        )
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not events.empty():
+                    yield events.get_nowait()
+                yield task.result()
+                return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a running job; its response says ``cancelled``. False if no such job runs."""
+        run = self._jobs.get(job_id)
+        if run is None:
+            return False
+        run.stop(ErrorType.CANCELLED, "cancelled by request")
+        return True
+
+    @property
+    def running_jobs(self) -> list[str]:
+        return list(self._jobs)
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _execute(
+        self, request: Any, job_id: str, on_event: Any, display: bool = False
+    ) -> FunctionResponse:
+        started = time.monotonic()
+        try:
+            parsed = parse_request(request)
+            limits = Limits.resolve(self.settings, parsed.limits)
+            spec = self._spec(job_id, parsed, limits)
+            spec.display = display
+        except InvalidRequest as exc:
+            return failure(ErrorType.INVALID_REQUEST, exc.summary, exc.detail)
+        except LimitsError as exc:
+            return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
+        run = JobRun(spec, self._templates, on_event)
+        self._jobs[job_id] = run
+        try:
+            return await run.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must still answer, and not take the worker down
+            log.exception("job %s failed inside the supervisor", job_id)
+            return failure(
+                ErrorType.LOST,
+                f"lost: internal error in sandvisor ({type(exc).__name__}: {exc})",
+                stdout=run.output.text(),
+                timings={"total": round((time.monotonic() - started) * 1000, 3)},
+            )
+        finally:
+            self._jobs.pop(job_id, None)
+            self._schedule_cleanup(spec.workdir)
+
+    def _spec(self, job_id: str, request: FunctionRequest, limits: Limits) -> JobSpec:
+        env = dict(self._base_env)
+        env["SANDVISOR_JOB_ID"] = job_id
+        return JobSpec(
+            job_id=job_id,
+            request=request.model_dump(),
+            python=sys.executable,
+            workdir=self.settings.jobs_dir / job_id,
+            env=env,
+            timeout_s=limits.timeout_s,
+            grace_s=limits.grace_s,
+            max_output_bytes=limits.max_output_bytes,
+            max_result_bytes=limits.max_result_bytes,
+            rlimits=limits.rlimits(),
+        )
+
+    def _schedule_cleanup(self, workdir: Any) -> None:
+        task = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, workdir, True))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)

@@ -1,0 +1,39 @@
+"""What a job reports while it runs, as the caller sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Stream = Literal["stdout", "stderr", "log", "system"]
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A chunk of whole lines from one stream of a job.
+
+    ``stream`` is ``stdout``/``stderr`` for the child's file descriptors, ``log`` for a logging
+    record (``level`` set), ``system`` for what sandvisor itself says about the job (installs,
+    retries, kills). ``ts`` is the Unix time it was read or recorded.
+    """
+
+    stream: Stream
+    text: str
+    ts: float
+    level: str | None = None
+
+    def as_output(self) -> str:
+        """The text as it goes into the response's ``stdout``."""
+        if self.stream == "log":
+            return (
+                f"{self.level}: {self.text}\n"
+                if not self.text.endswith("\n")
+                else f"{self.level}: {self.text}"
+            )
+        if self.stream == "system":
+            return (
+                f"[sandvisor] {self.text}"
+                if self.text.endswith("\n")
+                else f"[sandvisor] {self.text}\n"
+            )
+        return self.text

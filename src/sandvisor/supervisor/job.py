@@ -1,0 +1,306 @@
+"""One job, from launch to response: the steps a job goes through in the supervisor.
+
+    launch (fork from the env's template, or spawn a fresh interpreter)
+      -> send the job frame -> read frames, stdout and stderr concurrently
+      -> wait for the exit, or stop it (timeout, cancel, broken channel)
+      -> terminate what is left of its process group -> classify -> respond
+
+User code never runs here; this module only moves bytes and watches processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandvisor.protocol.frames import EndOfStream, FrameError, encode_frame
+from sandvisor.protocol.models import ErrorType, FunctionResponse
+from sandvisor.supervisor.channel import read_frame_async
+from sandvisor.supervisor.events import LogEvent, Stream
+from sandvisor.supervisor.outcome import Report, classify
+from sandvisor.supervisor.output import LineSplitter, OutputBuffer
+from sandvisor.supervisor.process import (
+    ExitInfo,
+    JobPipes,
+    kill_group,
+    spawn_job_child,
+    wait_for_exit,
+)
+from sandvisor.supervisor.templates import TemplateLost, TemplatePool
+
+EventSink = Callable[[LogEvent], Awaitable[None]]
+
+#: How long output pipes may stay open after the job's process is gone and its group killed.
+DRAIN_TIMEOUT_S = 2.0
+READ_CHUNK = 256 * 1024
+FRAME_OVERHEAD = 1024 * 1024
+
+#: Request fields the child needs; the rest (dependencies, limits, ...) is the supervisor's.
+CHILD_REQUEST_FIELDS = (
+    "function_name",
+    "function_code",
+    "args",
+    "kwargs",
+    "modules",
+    "execution_type",
+    "class_name",
+    "class_code",
+    "constructor_args",
+    "constructor_kwargs",
+    "method_name",
+    "serialization_format",
+)
+
+
+@dataclass
+class JobSpec:
+    """Everything decided about a job before its child starts."""
+
+    job_id: str
+    request: dict[str, Any]
+    python: str
+    workdir: Path
+    env: dict[str, str]
+    timeout_s: float
+    grace_s: float
+    max_output_bytes: int
+    max_result_bytes: int
+    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    deployed_module: str | None = None
+    deployed_sys_path: list[str] = field(default_factory=list)
+    display: bool = False
+
+    def job_frame(self) -> dict[str, Any]:
+        return {
+            "t": "job",
+            "job_id": self.job_id,
+            "request": {
+                name: self.request[name] for name in CHILD_REQUEST_FIELDS if name in self.request
+            },
+            "module": self.deployed_module,
+            "sys_path": self.deployed_sys_path,
+            "workdir": str(self.workdir),
+            "env": self.env,
+            "rlimits": {name: list(pair) for name, pair in self.rlimits.items()},
+            "max_result_bytes": self.max_result_bytes,
+            "oom_score_adj": 1000,
+            "display": self.display,
+        }
+
+
+@dataclass
+class Timings:
+    started: float = field(default_factory=time.monotonic)
+    launched: float | None = None
+    running: float | None = None
+    finished: float | None = None
+
+    def as_ms(self, env_ms: float) -> dict[str, float]:
+        end = self.finished or time.monotonic()
+        launched = self.launched or end
+        running = self.running or end
+        return {
+            "env": round(env_ms, 3),
+            "start": round((running - launched) * 1000, 3),
+            "run": round((end - running) * 1000, 3),
+            "total": round((end - self.started) * 1000 + env_ms, 3),
+        }
+
+
+class JobRun:
+    """Runs one JobSpec; ``stop()`` may be called from anywhere to end it early."""
+
+    def __init__(
+        self, spec: JobSpec, templates: TemplatePool | None, on_event: EventSink | None = None
+    ) -> None:
+        self.spec = spec
+        self._templates = templates
+        self._on_event = on_event
+        self.output = OutputBuffer(spec.max_output_bytes)
+        self.timings = Timings()
+        self.pid: int | None = None
+        self.retried = False
+        self._stop_requested = asyncio.Event()
+        self._stop_reason: tuple[ErrorType, str] | None = None
+
+    # -- public --------------------------------------------------------------------------------
+
+    def stop(self, error_type: ErrorType, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = (error_type, reason)
+        self._stop_requested.set()
+
+    async def execute(self) -> FunctionResponse:
+        try:
+            report = await self._attempt(use_template=self._templates is not None)
+        except TemplateLost as exc:
+            self.retried = True
+            await self.say(f"template lost ({exc}); running the job again on a fresh interpreter")
+            report = await self._attempt(use_template=False)
+        return self._respond(report)
+
+    async def say(self, text: str) -> None:
+        await self._emit(
+            LogEvent("system", text if text.endswith("\n") else text + "\n", time.time())
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    async def _attempt(self, use_template: bool) -> Report:
+        pipes = JobPipes.create()
+        try:
+            exited = await self._launch(pipes, use_template)
+            pipes.close_child_ends()
+            return await self._supervise(pipes, exited)
+        finally:
+            pipes.close()
+
+    async def _launch(self, pipes: JobPipes, use_template: bool) -> asyncio.Future[ExitInfo | None]:
+        if use_template and self._templates is not None:
+            template = await self._templates.get(self.spec.python)
+            child = await template.fork(pipes)
+            self.pid = child.pid
+            exited: asyncio.Future[ExitInfo | None] = child.exited
+        else:
+            self.pid = spawn_job_child(self.spec.python, pipes, self.spec.env)
+            exited = asyncio.ensure_future(wait_for_exit(self.pid))
+        self.timings.launched = time.monotonic()
+        return exited
+
+    async def _supervise(self, pipes: JobPipes, exited: asyncio.Future[ExitInfo | None]) -> Report:
+        assert self.pid is not None
+        report = Report()
+        loop = asyncio.get_running_loop()
+        readers = [
+            asyncio.ensure_future(self._read_stream(pipes.stdout_r, "stdout")),
+            asyncio.ensure_future(self._read_stream(pipes.stderr_r, "stderr")),
+        ]
+        # The stream readers own those fds from here on (their transports close them).
+        pipes.stdout_r = pipes.stderr_r = -1
+        try:
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(pipes.channel, encode_frame(self.spec.job_frame()))
+            readers.append(asyncio.ensure_future(self._read_frames(pipes, report)))
+            report.exit = await self._wait_or_stop(exited, report)
+            report.exit_known = report.exit is not None
+            kill_group(self.pid, signal.SIGKILL)  # whatever the job left behind goes with it
+            await self._drain(readers)
+        except BaseException:
+            await asyncio.shield(self._terminate(exited))
+            raise
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+        self.timings.finished = time.monotonic()
+        report.elapsed_s = self.timings.finished - self.timings.started
+        return report
+
+    async def _wait_or_stop(
+        self, exited: asyncio.Future[ExitInfo | None], report: Report
+    ) -> ExitInfo | None:
+        stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait(
+                {exited, stop_waiter},
+                timeout=self.spec.timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop_waiter.cancel()
+        if not exited.done():
+            if self._stop_reason is None:
+                self._stop_reason = (
+                    ErrorType.TIMEOUT,
+                    f"timed out: still running after the {self.spec.timeout_s:g} s limit",
+                )
+            report.stopped = self._stop_reason
+            await self._terminate(exited)
+        return await exited
+
+    async def _terminate(self, exited: asyncio.Future[ExitInfo | None]) -> None:
+        """SIGTERM the group, wait the grace period, SIGKILL, and wait for the exit."""
+        if self.pid is None or exited.done():
+            return
+        kill_group(self.pid, signal.SIGTERM)
+        done, _ = await asyncio.wait({exited}, timeout=self.spec.grace_s)
+        if not done:
+            kill_group(self.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await exited
+
+    async def _drain(self, readers: list[asyncio.Future[None]]) -> None:
+        _, pending = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
+        if pending:
+            await self.say("output pipes still open after the job ended; stopped reading them")
+
+    # -- readers -------------------------------------------------------------------------------
+
+    async def _read_stream(self, fd: int, stream: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        splitter = LineSplitter()
+        try:
+            while chunk := await reader.read(READ_CHUNK):
+                if text := splitter.feed(chunk):
+                    await self._emit(LogEvent(stream, text, time.time()))
+            if text := splitter.finish():
+                await self._emit(LogEvent(stream, text, time.time()))
+        finally:
+            transport.close()
+
+    async def _read_frames(self, pipes: JobPipes, report: Report) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=pipes.channel)
+        max_frame = self.spec.max_result_bytes + FRAME_OVERHEAD
+        try:
+            while True:
+                frame = await read_frame_async(reader, max_frame)
+                await self._on_frame(frame, report)
+        except EndOfStream:
+            pass
+        except (FrameError, ConnectionError) as exc:
+            report.channel_error = str(exc)
+            if report.fields is None and report.error is None:
+                self.stop(ErrorType.LOST, f"lost: the job broke its protocol channel ({exc})")
+        finally:
+            writer.close()
+
+    async def _on_frame(self, frame: dict[str, Any], report: Report) -> None:
+        kind = frame["t"]
+        if kind == "log":
+            level = str(frame.get("level", "INFO"))
+            text = str(frame.get("msg", ""))
+            await self._emit(LogEvent("log", text, float(frame.get("ts", time.time())), level))
+        elif kind == "running":
+            self.timings.running = time.monotonic()
+        elif kind == "result":
+            report.fields = dict(frame.get("fields") or {})
+            report.display = frame.get("display")
+        elif kind == "error":
+            report.error = frame
+
+    async def _emit(self, event: LogEvent) -> None:
+        self.output.append(event.as_output())
+        if self._on_event is not None:
+            await self._on_event(event)
+
+    # -- response ------------------------------------------------------------------------------
+
+    def _respond(self, report: Report) -> FunctionResponse:
+        response = classify(report)
+        if report.display is not None and response.success:
+            response.result_display = report.display
+        timings = self.timings.as_ms(0.0)
+        if self.retried:
+            timings["retried"] = 1.0
+        return response.model_copy(update={"stdout": self.output.text(), "timings": timings})

@@ -1,0 +1,151 @@
+"""Starting job children and learning how they ended.
+
+A child's end is learned from a pidfd that becomes readable when it exits (no polling, no
+SIGCHLD handler that could steal other waiters' statuses), then ``os.wait4`` on exactly that pid,
+which also gives its rusage (peak RSS, CPU time) for the classification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a child ended: its raw wait status and what rusage said about it."""
+
+    status: int
+    maxrss_kb: int = 0
+    utime: float = 0.0
+    stime: float = 0.0
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal_name(self.signal)}"
+        return f"exited with code {self.exit_code}"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return f"{signal.Signals(signum).name}({signum})"
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass
+class JobPipes:
+    """The three channels of one job; the child ends go to the child, the rest stay here."""
+
+    channel: socket.socket
+    child_channel: socket.socket
+    stdout_r: int
+    stdout_w: int
+    stderr_r: int
+    stderr_w: int
+    _child_ends_closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def create(cls) -> JobPipes:
+        channel, child_channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        return cls(channel, child_channel, stdout_r, stdout_w, stderr_r, stderr_w)
+
+    @property
+    def child_fds(self) -> tuple[int, int, int]:
+        return self.child_channel.fileno(), self.stdout_w, self.stderr_w
+
+    def close_child_ends(self) -> None:
+        if not self._child_ends_closed:
+            self._child_ends_closed = True
+            self.child_channel.close()
+            os.close(self.stdout_w)
+            os.close(self.stderr_w)
+
+    def close(self) -> None:
+        self.close_child_ends()
+        self.channel.close()
+        for fd in (self.stdout_r, self.stderr_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # a reader already closed it
+
+
+def child_command(python: Path | str, *args: str) -> list[str]:
+    return [str(python), "-m", "sandvisor.sandbox_child", *args]
+
+
+def spawn_job_child(python: Path | str, pipes: JobPipes, env: dict[str, str]) -> int:
+    """A fresh interpreter for one job, in its own session; returns its pid."""
+    channel_fd, stdout_w, stderr_w = pipes.child_fds
+    process = subprocess.Popen(
+        child_command(python, "--channel-fd", str(channel_fd)),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout_w,
+        stderr=stderr_w,
+        pass_fds=(channel_fd,),
+        env=env,
+        start_new_session=True,
+    )
+    # We wait for it ourselves (wait4, for rusage); tell Popen so it never tries.
+    process.returncode = 0
+    return process.pid
+
+
+async def wait_for_exit(pid: int) -> ExitInfo | None:
+    """Wait for our own child ``pid`` to end, without blocking the loop, and reap it.
+
+    None: it was reaped by someone else, so how it ended is unknown.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return _reap(pid, blocking=True)
+    ended = loop.create_future()
+    loop.add_reader(pidfd, lambda: ended.done() or ended.set_result(None))
+    try:
+        await ended
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return _reap(pid, blocking=True)
+
+
+def _reap(pid: int, blocking: bool) -> ExitInfo | None:
+    try:
+        waited, status, usage = os.wait4(pid, 0 if blocking else os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if waited == 0:
+        return None
+    return ExitInfo(status, usage.ru_maxrss, usage.ru_utime, usage.ru_stime)
+
+
+def kill_group(pid: int, signum: int) -> bool:
+    """Signal the job's process group (its pid: the child starts its own session)."""
+    try:
+        os.killpg(pid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def current_python() -> str:
+    return sys.executable

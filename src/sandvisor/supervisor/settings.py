@@ -1,0 +1,137 @@
+"""One configuration model for the supervisor, read from ``SANDVISOR_*`` variables.
+
+Every field of :class:`Settings` is read from the variable ``SANDVISOR_<FIELD NAME IN CAPS>``.
+Lists are comma-separated. Defaults work on a laptop and on a RunPod worker: the store goes on
+``/runpod-volume`` when that exists, else under the user cache dir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "SANDVISOR_"
+RUNPOD_VOLUME = Path("/runpod-volume")
+
+#: Variables that never reach a job's child unless named in ``SANDVISOR_PASS_VARS``.
+DEFAULT_SECRET_VARS: tuple[str, ...] = (
+    "RUNPOD_API_KEY",
+    "RUNPOD_AI_API_KEY",
+    "RUNPOD_WEBHOOK_*",
+    "AWS_*",
+)
+
+
+class SettingsError(ValueError):
+    """A ``SANDVISOR_*`` variable holds a value the supervisor cannot use."""
+
+
+def volume_present() -> bool:
+    return RUNPOD_VOLUME.is_dir()
+
+
+def default_home() -> Path:
+    if volume_present():
+        return RUNPOD_VOLUME / "sandvisor"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "sandvisor"
+
+
+def default_memory_mb() -> int:
+    """Three quarters of the machine's RAM: our watchdog acts well before the kernel's OOM killer."""
+    return int(psutil.virtual_memory().total * 0.75 // (1024 * 1024))
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Where envs, the uv cache and job working dirs live.
+    home: Path = Field(default_factory=default_home)
+    # Directory of a deployed Flash app (flash_manifest.json and its modules).
+    app_dir: Path = Path("/app")
+
+    # Per-job limits: defaults, and the ceilings a request's own `limits` may raise them to.
+    timeout_s: float = 3600.0
+    max_timeout_s: float = 24 * 3600.0
+    memory_mb: int = Field(default_factory=default_memory_mb)
+    max_memory_mb: int | None = None  # None: the default is the ceiling
+    cpu_s: float | None = None
+    max_procs: int = 512
+    max_output_bytes: int = 2 * 1024 * 1024
+    max_result_bytes: int = 16 * 1024 * 1024
+    max_open_files: int = 4096
+    grace_s: float = 3.0
+    # How often the watchdog samples a job's process tree.
+    watch_interval_s: float = 0.1
+
+    # Environment policy for children.
+    secret_vars: list[str] = Field(default_factory=list)
+    pass_vars: list[str] = Field(default_factory=list)
+
+    # GPUs: None means detect (NVML, then nvidia-smi); "" means none; "0,1" declares two.
+    gpus: str | None = None
+
+    # Dependency environments.
+    allow_direct_urls: bool = False
+    allow_system_dependencies: bool = False
+    env_max_count: int = 64
+    env_max_bytes: int = 50 * 1024**3
+
+    # Warm templates.
+    templates: bool = True
+    preload: list[str] = Field(default_factory=list)
+    max_templates: int = 4
+
+    # Class instances (actors).
+    max_instances: int = 32
+    instance_ttl_s: float = 1800.0
+
+    # RunPod worker.
+    concurrency: int | None = None
+    runpod_stream: bool = False
+    progress_interval_s: float = 0.5
+
+    @field_validator("secret_vars", "pass_vars", "preload", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``SANDVISOR_*`` variables, then explicit overrides (CLI flags, tests)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            raise SettingsError(f"invalid {ENV_PREFIX}{field.upper()}: {first['msg']}") from exc
+
+    @property
+    def secret_patterns(self) -> tuple[str, ...]:
+        return DEFAULT_SECRET_VARS + tuple(self.secret_vars)
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def uv_cache_dir(self) -> Path:
+        return self.home / "uv-cache"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
