@@ -116,7 +116,7 @@ class _Plan:
 
 @dataclass
 class _Build:
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[bool] | None = None
     listeners: list[LogFn] = field(default_factory=list)
     waiters: int = 0
 
@@ -162,8 +162,8 @@ class EnvStore:
             lease = self._try_lease(plan.key)
             if lease is not None:
                 return lease
-            await self._join_build(plan, on_log)
-            lease = await self._lease(plan.key, built=True)
+            built = await self._join_build(plan, on_log)
+            lease = await self._lease(plan.key, built=built)
             if lease is not None:
                 return lease
         raise EnvError(
@@ -224,8 +224,11 @@ class EnvStore:
 
     # ---- build -----------------------------------------------------------------------------
 
-    async def _join_build(self, plan: _Plan, on_log: LogFn) -> None:
-        """Wait for this process's one build of ``plan.key``, starting it if none runs."""
+    async def _join_build(self, plan: _Plan, on_log: LogFn) -> bool:
+        """Wait for this process's one build of ``plan.key``, starting it if none runs.
+
+        True when this process built it, False when another process had.
+        """
         assert plan.key is not None
         build = self._builds.get(plan.key)
         if build is None:
@@ -237,7 +240,7 @@ class EnvStore:
         build.waiters += 1
         assert build.task is not None
         try:
-            await asyncio.shield(build.task)
+            return await asyncio.shield(build.task)
         except asyncio.CancelledError:
             if not build.task.done():
                 await self._leave_build(build)
@@ -259,7 +262,7 @@ class EnvStore:
         if key is not None and self._builds.get(key) is build:
             del self._builds[key]
 
-    async def _build(self, plan: _Plan, build: _Build) -> None:
+    async def _build(self, plan: _Plan, build: _Build) -> bool:
         assert plan.key is not None
         key = plan.key
         self._ensure_layout()
@@ -269,7 +272,7 @@ class EnvStore:
             await build_lock.acquire()
         try:
             if (self.root / key / MARKER).exists():
-                return  # another process built it while we waited
+                return False  # another process built it while we waited
             self._remove_staging_debris(key)
             staging = self.root / ".staging" / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
             try:
@@ -282,6 +285,7 @@ class EnvStore:
             build_lock.release()
         self.builds_completed += 1
         await asyncio.to_thread(self.gc, frozenset({key}))
+        return True
 
     async def _populate(self, staging: Path, plan: _Plan, log: LogFn) -> None:
         started = time.monotonic()
