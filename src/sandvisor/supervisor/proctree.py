@@ -1,0 +1,353 @@
+"""Every process a job started: found, measured, and ended, even those that tried to get away.
+
+One scan of ``/proc/<pid>/stat`` (shared by all jobs, see :func:`snapshot`) gives each process's
+parent, group, session, state, CPU time, start time and RSS. A job's members are found by four
+marks, cheapest first:
+
+- descent: parent links from the job's root process;
+- session and group: the child starts its own session, so ``sid == pgid == root pid``; its
+  descendants keep both unless they call ``setsid``/``setpgid`` themselves;
+- memory: a process seen once stays a member until it is gone;
+- the ``SANDVISOR_JOB_ID=<id>`` entry of ``/proc/<pid>/environ``: a process that detached
+  (``setsid`` and a double fork) between two scans is reparented to us, because the supervisor
+  is a child subreaper, and is claimed by that mark, which exec'd descendants keep.
+
+A process is known by ``(pid, start time)``, so a reused pid is never taken for a member, and
+signals go through a pidfd opened and checked against that identity, so they cannot hit a
+stranger that got the pid in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+#: Every job child gets this variable; descendants that detach keep it across exec.
+JOB_ENV_VAR = "SANDVISOR_JOB_ID"
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PROC = "/proc"
+# How often terminate_tree looks again while waiting for processes to go.
+_POLL_S = 0.02
+# How long SIGKILL waves go on before survivors are reported (a process in
+# uninterruptible sleep cannot die until its I/O returns).
+_KILL_TIMEOUT_S = 10.0
+
+_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants; False where the kernel refuses."""
+    global _subreaper
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _subreaper
+
+
+def job_environ(job_id: str) -> dict[str, str]:
+    """The variable that marks a job's processes; the core adds it to the child's environment."""
+    return {JOB_ENV_VAR: job_id}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """One line of ``/proc/<pid>/stat``, the fields we use."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    state: str
+    start_ticks: int
+    cpu_ticks: int
+    rss_pages: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.pid, self.start_ticks)
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in "ZX"
+
+    @property
+    def rss_bytes(self) -> int:
+        return self.rss_pages * _PAGE_SIZE
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_ticks / _CLOCK_TICKS
+
+
+def read_proc(pid: int) -> ProcInfo | None:
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:  # gone, or never there
+        return None
+    # The command name is in parentheses and may itself hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 2 :].split()
+    return ProcInfo(
+        pid=pid,
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        session=int(fields[3]),
+        state=fields[0].decode(),
+        start_ticks=int(fields[19]),
+        cpu_ticks=int(fields[11]) + int(fields[12]),
+        rss_pages=int(fields[21]),
+    )
+
+
+def scan() -> dict[int, ProcInfo]:
+    table: dict[int, ProcInfo] = {}
+    for name in os.listdir(_PROC):
+        if name.isdigit() and (info := read_proc(int(name))) is not None:
+            table[info.pid] = info
+    return table
+
+
+_cached: tuple[float, dict[int, ProcInfo]] = (float("-inf"), {})
+
+
+def snapshot(max_age_s: float = 0.0) -> dict[int, ProcInfo]:
+    """The process table, rescanned only when the last scan is older than ``max_age_s``.
+
+    Every job's watchdog samples at the same rate, so one scan per interval serves them all.
+    """
+    global _cached
+    taken, table = _cached
+    now = time.monotonic()
+    if now - taken > max_age_s:
+        table = scan()
+        _cached = (now, table)
+    return table
+
+
+def _carries_job_id(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"{_PROC}/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
+    """Send ``sig`` to exactly the process ``(pid, start_ticks)``; False when it is gone."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfd support: a plain kill after the identity check
+        info = read_proc(pid)
+        if info is None or info.start_ticks != start_ticks:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return True
+    try:
+        # The pidfd pins the process it was opened on; check that it is still ours.
+        info = read_proc(pid)
+        if info is None or info.start_ticks != start_ticks:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    """A job's process tree at one moment: live processes only, zombies excluded."""
+
+    rss_bytes: int
+    procs: int
+    cpu_s: float
+    pids: tuple[int, ...]
+
+
+@dataclass
+class ProcessTree:
+    """The processes of one job, kept up to date by :meth:`refresh`."""
+
+    job_id: str
+    root_pid: int
+    members: dict[int, ProcInfo] = field(default_factory=dict)
+    seen: int = 0
+    _known: dict[int, int] = field(default_factory=dict)  # pid -> start ticks
+    _root_start: int | None = None
+    _session_leader: bool = False
+    _strangers: set[tuple[int, int]] = field(default_factory=set)
+
+    def refresh(self, table: dict[int, ProcInfo] | None = None) -> dict[int, ProcInfo]:
+        """Find the job's processes in ``table`` (a fresh scan by default); zombies included."""
+        table = scan() if table is None else table
+        self._note_root(table)
+        found = {
+            pid: info
+            for pid, info in table.items()
+            if self._known.get(pid) == info.start_ticks or self._in_session(info)
+        }
+        root = table.get(self.root_pid)
+        if root is not None and root.start_ticks == self._root_start:
+            found[root.pid] = root
+        self._descend(found, table)
+        if self._claim_orphans(found, table):
+            self._descend(found, table)
+        self.seen += sum(1 for pid in found if pid not in self._known)
+        self._known = {pid: info.start_ticks for pid, info in found.items()}
+        self.members = found
+        return found
+
+    def sample(self, table: dict[int, ProcInfo] | None = None) -> TreeSample:
+        live = [info for info in self.refresh(table).values() if not info.zombie]
+        return TreeSample(
+            rss_bytes=sum(info.rss_bytes for info in live),
+            procs=len(live),
+            cpu_s=sum(info.cpu_s for info in live),
+            pids=tuple(sorted(info.pid for info in live)),
+        )
+
+    def live(self, table: dict[int, ProcInfo] | None = None) -> list[ProcInfo]:
+        return [info for info in self.refresh(table).values() if not info.zombie]
+
+    def signal_all(self, sig: int, members: Iterable[ProcInfo]) -> int:
+        """Signal the job's process group and each member; the number of members signalled."""
+        members = list(members)
+        if self._session_leader and any(info.pgrp == self.root_pid for info in members):
+            # The group reaches members born since the last scan. It is only signalled while
+            # a member is in it: a group id cannot be reused while the group has members.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.root_pid, sig)
+        return sum(signal_process(info.pid, info.start_ticks, sig) for info in members)
+
+    def reap(self) -> list[int]:
+        """Reap the job's orphaned zombies; never the root, which the core waits for itself.
+
+        Reaping one zombie can hand us its own dead children, so this rescans until a round
+        reaps nothing.
+        """
+        reaped: list[int] = []
+        while True:
+            round_ = reap_orphans(pid for pid in self.members if pid != self.root_pid)
+            if not round_:
+                return reaped
+            reaped += round_
+            self.refresh()
+
+    def _note_root(self, table: dict[int, ProcInfo]) -> None:
+        root = table.get(self.root_pid)
+        if self._root_start is None and root is not None:
+            self._root_start = root.start_ticks
+        if root is not None and root.start_ticks == self._root_start:
+            self._session_leader = root.session == root.pid == root.pgrp
+
+    def _in_session(self, info: ProcInfo) -> bool:
+        # Only a root that leads its own session makes the session a mark of the job: otherwise
+        # the session would be the supervisor's own.
+        return self._session_leader and (
+            info.session == self.root_pid or info.pgrp == self.root_pid
+        )
+
+    def _descend(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> None:
+        children: dict[int, list[ProcInfo]] = {}
+        for info in table.values():
+            children.setdefault(info.ppid, []).append(info)
+        pending = list(found)
+        while pending:
+            for child in children.get(pending.pop(), ()):
+                if child.pid not in found:
+                    found[child.pid] = child
+                    pending.append(child.pid)
+
+    def _claim_orphans(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> bool:
+        """Claim processes reparented to us (or to init) that carry this job's mark."""
+        adopters = {os.getpid()} if _subreaper else {os.getpid(), 1}
+        marker = f"{JOB_ENV_VAR}={self.job_id}".encode()
+        claimed = False
+        for info in table.values():
+            if info.ppid not in adopters or info.pid in found or info.key in self._strangers:
+                continue
+            if _carries_job_id(info.pid, marker):
+                found[info.pid] = info
+                claimed = True
+            else:
+                self._strangers.add(info.key)
+        return claimed
+
+
+@dataclass(frozen=True)
+class Termination:
+    """What :func:`terminate_tree` did: counts, and pids still alive when it gave up."""
+
+    terminated: int
+    killed: int
+    survivors: tuple[int, ...]
+    seconds: float
+
+
+async def terminate_tree(
+    tree: ProcessTree, grace_s: float, *, kill_timeout_s: float = _KILL_TIMEOUT_S
+) -> Termination:
+    """SIGTERM the whole tree, wait up to ``grace_s``, then SIGKILL until nothing is left.
+
+    Zombies count as gone: their parent (or we, for orphans, see :func:`reap_orphans`) reaps
+    them. A process that forks while being killed is found by the next scan and killed too.
+    """
+    started = time.monotonic()
+    live = tree.live()
+    terminated = tree.signal_all(signal.SIGTERM, live)
+    # A stopped process keeps SIGTERM pending until it runs again.
+    tree.signal_all(signal.SIGCONT, live)
+    live = await _wait_gone(tree, started + grace_s)
+    killed = 0
+    deadline = time.monotonic() + kill_timeout_s
+    while live and time.monotonic() < deadline:
+        killed += tree.signal_all(signal.SIGKILL, live)
+        live = await _wait_gone(tree, time.monotonic() + _POLL_S * 5)
+    tree.reap()
+    return Termination(
+        terminated=terminated,
+        killed=killed,
+        survivors=tuple(sorted(info.pid for info in live)),
+        seconds=time.monotonic() - started,
+    )
+
+
+async def _wait_gone(tree: ProcessTree, deadline: float) -> list[ProcInfo]:
+    live = tree.live()
+    while live and time.monotonic() < deadline:
+        tree.reap()
+        await asyncio.sleep(_POLL_S)
+        live = tree.live()
+    return live
+
+
+def reap_orphans(candidates: Iterable[int]) -> list[int]:
+    """Reap those of ``candidates`` that are zombie children of ours; the pids reaped.
+
+    Only processes a job's tree claimed are passed here, never the job's root (the core waits
+    for it with its own ``os.wait4``): ``waitpid(-1)`` would steal children that asyncio,
+    multiprocessing or the core are waiting for.
+    """
+    me = os.getpid()
+    reaped = []
+    for candidate in candidates:
+        info = read_proc(candidate)
+        if info is None or info.ppid != me or not info.zombie:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
+                reaped.append(info.pid)
+    return reaped

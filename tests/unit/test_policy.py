@@ -1,0 +1,83 @@
+"""The child's environment: secrets removed, named ones passed, what a child needs added."""
+
+from __future__ import annotations
+
+from sandvisor.supervisor.policy import child_environment, is_secret
+from sandvisor.supervisor.settings import Settings
+
+WORKER_ENV = {
+    "PATH": "/opt/bin:/usr/bin",
+    "HOME": "/root",
+    "RUNPOD_API_KEY": "rpa_secret",
+    "RUNPOD_AI_API_KEY": "rpa_secret2",
+    "RUNPOD_WEBHOOK_GET_JOB": "https://api/job-take/$ID?x=1",
+    "RUNPOD_WEBHOOK_POST_OUTPUT": "https://api/job-done",
+    "RUNPOD_POD_ID": "pod-1",
+    "AWS_SECRET_ACCESS_KEY": "aws",
+    "AWS_REGION": "eu",
+    "HF_TOKEN": "hf_x",
+    "GITHUB_TOKEN": "gh",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MY_COMPANY_KEY": "k",
+    "SANDVISOR_MEMORY_MB": "100",
+    "PYTHONINSPECT": "1",
+    "VIRTUAL_ENV": "/work/.venv",
+    "CUDA_HOME": "/usr/local/cuda",
+}
+
+
+def test_worker_secrets_never_reach_the_child() -> None:
+    env = child_environment(Settings.from_env({}), WORKER_ENV)
+    for name in (
+        "RUNPOD_API_KEY",
+        "RUNPOD_AI_API_KEY",
+        "RUNPOD_WEBHOOK_GET_JOB",
+        "RUNPOD_WEBHOOK_POST_OUTPUT",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "HF_TOKEN",
+        "GITHUB_TOKEN",
+    ):
+        assert name not in env, name
+    assert "rpa_secret" not in env.values()
+
+
+def test_ordinary_variables_are_kept() -> None:
+    env = child_environment(Settings.from_env({}), WORKER_ENV)
+    assert env["PATH"] == "/opt/bin:/usr/bin"
+    assert env["RUNPOD_POD_ID"] == "pod-1"
+    assert env["TOKENIZERS_PARALLELISM"] == "false"
+    assert env["CUDA_HOME"] == "/usr/local/cuda"
+
+
+def test_configured_secrets_and_pass_vars() -> None:
+    settings = Settings.from_env(
+        {"SANDVISOR_SECRET_VARS": "MY_COMPANY_*", "SANDVISOR_PASS_VARS": "HF_TOKEN,AWS_REGION"}
+    )
+    env = child_environment(settings, WORKER_ENV)
+    assert "MY_COMPANY_KEY" not in env
+    assert env["HF_TOKEN"] == "hf_x"
+    assert env["AWS_REGION"] == "eu"
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert is_secret("GITHUB_TOKEN", settings)
+
+
+def test_supervisor_and_interpreter_settings_stay_behind() -> None:
+    env = child_environment(Settings.from_env({}), WORKER_ENV)
+    assert not any(name.startswith("SANDVISOR_") for name in env)
+    assert "PYTHONINSPECT" not in env
+    assert "VIRTUAL_ENV" not in env
+
+
+def test_a_child_gets_what_it_needs_from_an_empty_environment() -> None:
+    env = child_environment(Settings.from_env({}), {})
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"].endswith("/bin")
+    assert env["HOME"]
+    assert env["LANG"] == "C.UTF-8"
+
+
+def test_the_worker_environment_is_not_modified() -> None:
+    before = dict(WORKER_ENV)
+    child_environment(Settings.from_env({}), WORKER_ENV)
+    assert before == WORKER_ENV

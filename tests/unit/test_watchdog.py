@@ -1,0 +1,136 @@
+"""The watchdog: thresholds and messages on given samples, then on real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sandvisor.protocol.models import ErrorType, RequestLimits
+from sandvisor.supervisor.limits import MIB, Limits
+from sandvisor.supervisor.proctree import ProcessTree, TreeSample, job_environ, terminate_tree
+from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.watchdog import Watchdog, format_bytes
+
+GB = 1024**3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limits(**asked: object) -> Limits:
+    settings = Settings.from_env({}, memory_mb=2048, timeout_s=10.0, max_procs=8, cpu_s=5.0)
+    return Limits.resolve(settings, RequestLimits.model_validate(asked))
+
+
+def watchdog(clock: Clock, **asked: object) -> Watchdog:
+    tree = ProcessTree("job", root_pid=2**22 + 1)  # never sampled: samples are given
+    return Watchdog(tree, limits(**asked), interval_s=0.1, clock=clock)
+
+
+def sample(rss: float = 0, procs: int = 1, cpu: float = 0.0) -> TreeSample:
+    return TreeSample(rss_bytes=int(rss), procs=procs, cpu_s=cpu, pids=(1,))
+
+
+def test_nothing_wrong_means_no_breach_and_a_record() -> None:
+    clock = Clock()
+    dog = watchdog(clock)
+    assert dog.check(sample(rss=GB, procs=3, cpu=1.0)) is None
+    assert dog.check(sample(rss=GB / 2, procs=1, cpu=2.0)) is None
+    assert dog.record.samples == 2
+    assert dog.record.peak_rss_bytes == GB
+    assert dog.record.peak_procs == 3
+
+
+def test_memory_breach_reads_as_a_person_would_want() -> None:
+    clock = Clock()
+    dog = watchdog(clock)
+    clock.now += 3.4
+    breach = dog.check(sample(rss=2.1 * GB))
+    assert breach is not None
+    assert breach.error_type is ErrorType.MEMORY_LIMIT
+    assert breach.message == "memory 2.1 GB over the 2.0 GB limit after 3.4 s"
+
+
+def test_process_cpu_and_time_breaches() -> None:
+    clock = Clock()
+    dog = watchdog(clock)
+    breach = dog.check(sample(procs=9))
+    assert breach is not None and breach.error_type is ErrorType.PROCESS_LIMIT
+    assert "9 processes over the limit of 8" in breach.message
+    assert dog.check(sample(cpu=5.5)) is None  # a lone process meets its own RLIMIT_CPU first
+    breach = dog.check(sample(cpu=7.0))
+    assert breach is not None and breach.error_type is ErrorType.CPU_LIMIT
+    clock.now += 10.0
+    breach = dog.check(sample())
+    assert breach is not None and breach.error_type is ErrorType.TIMEOUT
+    assert breach.message == "timed out after 10.0 s (limit 10.0 s)"
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(512 * MIB) == "512 MB"
+    assert format_bytes(2.1 * GB) == "2.1 GB"
+    assert format_bytes(3000) == "3 KB"
+    assert format_bytes(12) == "12 bytes"
+
+
+@pytest.fixture
+def job() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def start(job: list[subprocess.Popen[bytes]], job_id: str, code: str) -> ProcessTree:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=os.environ | job_environ(job_id), start_new_session=True
+    )
+    job.append(proc)
+    return ProcessTree(job_id, proc.pid)
+
+
+async def run_watch(tree: ProcessTree, **asked: object) -> tuple[ErrorType, str, float]:
+    dog = Watchdog(tree, limits(**asked), interval_s=0.05)
+    breach = await asyncio.wait_for(dog.run(), 20)
+    await terminate_tree(tree, grace_s=0.5)
+    return breach.error_type, breach.message, dog.record.peak_rss_bytes
+
+
+async def test_a_real_memory_hog_is_caught(job: list) -> None:
+    hog = "import time\nblocks = []\nwhile True:\n    blocks.append(b'x' * 10_000_000)\n"
+    hog += "    time.sleep(0.01)\n"
+    kind, message, peak = await run_watch(start(job, uuid.uuid4().hex, hog), memory_mb=200)
+    assert kind is ErrorType.MEMORY_LIMIT
+    assert "over the 200 MB limit" in message
+    assert peak > 200 * MIB
+
+
+async def test_a_real_fork_spree_is_caught(job: list) -> None:
+    spree = "import subprocess, time\nfor _ in range(6):\n"
+    spree += "    subprocess.Popen(['sleep', '30'])\ntime.sleep(30)\n"
+    kind, message, _ = await run_watch(start(job, uuid.uuid4().hex, spree), max_procs=4)
+    assert kind is ErrorType.PROCESS_LIMIT
+    assert "over the limit of 4" in message
+
+
+async def test_a_real_hang_times_out_on_time(job: list) -> None:
+    started = time.monotonic()
+    tree = start(job, uuid.uuid4().hex, "import time; time.sleep(30)")
+    kind, _, _ = await run_watch(tree, timeout_s=0.5)
+    assert kind is ErrorType.TIMEOUT
+    assert time.monotonic() - started < 3
