@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
+from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits, LimitsError
@@ -81,9 +82,11 @@ class Supervisor:
         self._templates: TemplatePool | None = None
         self._base_env: dict[str, str] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.envs = EnvStore(self.settings)
 
     async def __aenter__(self) -> Supervisor:
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(lambda: self.envs.base)  # read the base env once, off the loop
         self._base_env = child_environment(self.settings, os.environ)
         if self.settings.templates:
             self._templates = TemplatePool(
@@ -171,7 +174,13 @@ class Supervisor:
         run = JobRun(spec, self._templates, on_event)
         self._jobs[job_id] = run
         try:
-            return await run.execute()
+            lease = await self._environment(run, parsed)
+            if isinstance(lease, FunctionResponse):
+                return lease
+            with lease:
+                spec.python = str(lease.python)
+                spec.env = lease.environ(spec.env)
+                return await run.execute()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug of ours must still answer, and not take the worker down
@@ -185,6 +194,57 @@ class Supervisor:
         finally:
             self._jobs.pop(job_id, None)
             self._schedule_cleanup(spec.workdir)
+
+    async def _environment(
+        self, run: JobRun, request: FunctionRequest
+    ) -> EnvLease | FunctionResponse:
+        """The job's env lease; a failure response when it cannot be had or the job is stopped."""
+        started = time.monotonic()
+        try:
+            lease = None
+            if not request.system_dependencies:
+                lease = self.envs.lease_if_ready(request.dependencies)
+            if lease is None:
+                lease = await self._build_environment(run, request)
+        except EnvError as exc:
+            summary, _, detail = str(exc).partition("\n")
+            if exc.error_type is ErrorType.DEPENDENCY_INSTALL:
+                summary = f"dependency install failed: {summary}"
+            else:
+                summary = f"invalid request: {summary}"
+            return failure(exc.error_type, summary, detail, stdout=run.output.text())
+        if isinstance(lease, EnvLease):
+            run.environment_ready((time.monotonic() - started) * 1000)
+        return lease
+
+    async def _build_environment(
+        self, run: JobRun, request: FunctionRequest
+    ) -> EnvLease | FunctionResponse:
+        """Build (or wait for) the env, its install output live in the job's events."""
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def relay() -> None:
+            while (line := await lines.get()) is not None:
+                await run.say(line)
+
+        relaying = asyncio.ensure_future(relay())
+        acquiring = asyncio.ensure_future(
+            self.envs.acquire(request.dependencies, lines.put_nowait, request.system_dependencies)
+        )
+        stop = asyncio.ensure_future(run.stopped())
+        try:
+            await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not acquiring.done():
+                acquiring.cancel()  # kills uv; the build's staging dir is removed
+                await asyncio.gather(acquiring, return_exceptions=True)
+            lines.put_nowait(None)
+            await relaying
+        if acquiring.cancelled() and stop.done() and not stop.cancelled():
+            error_type, reason = stop.result()
+            return failure(error_type, reason, stdout=run.output.text())
+        return acquiring.result()
 
     def _spec(self, job_id: str, request: FunctionRequest, limits: Limits) -> JobSpec:
         env = dict(self._base_env)

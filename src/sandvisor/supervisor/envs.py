@@ -171,6 +171,16 @@ class EnvStore:
             f"environment {plan.key} was removed right after each of {BUILD_ATTEMPTS} builds",
         )
 
+    def lease_if_ready(self, dependencies: list[str] | None) -> EnvLease | None:
+        """The lease without waiting, when no build is needed (the base, or a published env).
+
+        None means :meth:`acquire` must build. Raises :class:`EnvError` for rejected strings.
+        """
+        plan = self.plan(dependencies)
+        if plan.key is None:
+            return EnvLease(key=None, python=Path(sys.executable), extra_env=self._extra_env())
+        return self._try_lease(plan.key)
+
     def plan(self, dependencies: Iterable[str] | None) -> _Plan:
         """Key and install set for a dependency list; cached, since a hit must cost microseconds."""
         raw = tuple(dependencies or ())
@@ -268,7 +278,7 @@ class EnvStore:
         self._ensure_layout()
         build_lock = FileLock(self._lock_path(key, "build"))
         if not build_lock.try_acquire():
-            build.log(f"sandvisor: another process is building environment {key}; waiting")
+            build.log(f"another process is building environment {key}; waiting")
             await build_lock.acquire()
         try:
             if (self.root / key / MARKER).exists():
@@ -290,11 +300,19 @@ class EnvStore:
     async def _populate(self, staging: Path, plan: _Plan, log: LogFn) -> None:
         started = time.monotonic()
         shown = ", ".join(r.spec for r in plan.requirements)
-        log(f"sandvisor: building environment {plan.key} for {shown}")
+        log(f"building environment {plan.key} for {shown}")
         env = uv_environ(self.settings.uv_cache_dir, self.settings.secret_patterns)
         cwd = staging.parent
         await self._uv(
-            ["venv", "--no-config", "--relocatable", "--python", str(self.base.python), staging],
+            [
+                "venv",
+                "--quiet",
+                "--no-config",
+                "--relocatable",
+                "--python",
+                str(self.base.python),
+                staging,
+            ],
             env,
             cwd,
             log,
@@ -311,7 +329,7 @@ class EnvStore:
         self._write_layer(staging)
         size = await asyncio.to_thread(disk_usage, staging)
         self._write_marker(staging, plan, size)
-        log(f"sandvisor: environment {plan.key} ready in {time.monotonic() - started:.1f}s")
+        log(f"environment {plan.key} ready in {time.monotonic() - started:.1f}s")
 
     async def _uv(self, args: list[str | Path], env: dict[str, str], cwd: Path, log: LogFn) -> None:
         result = await run_uv([str(a) for a in args], env=env, cwd=cwd, on_log=log)

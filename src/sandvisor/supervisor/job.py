@@ -129,6 +129,7 @@ class JobRun:
         self.retried = False
         self._stop_requested = asyncio.Event()
         self._stop_reason: tuple[ErrorType, str] | None = None
+        self.env_ms = 0.0  # time spent getting the job's environment before launch
 
     # -- public --------------------------------------------------------------------------------
 
@@ -136,6 +137,17 @@ class JobRun:
         if self._stop_reason is None:
             self._stop_reason = (error_type, reason)
         self._stop_requested.set()
+
+    def environment_ready(self, env_ms: float) -> None:
+        """The env took ``env_ms``; the job's own clock starts now, so totals count it once."""
+        self.env_ms = env_ms
+        self.timings = Timings()
+
+    async def stopped(self) -> tuple[ErrorType, str]:
+        """Wait until ``stop()`` is called; its reason."""
+        await self._stop_requested.wait()
+        assert self._stop_reason is not None
+        return self._stop_reason
 
     async def execute(self) -> FunctionResponse:
         try:
@@ -300,7 +312,7 @@ class JobRun:
         response = classify(report)
         if report.display is not None and response.success:
             response.result_display = report.display
-        timings = self.timings.as_ms(0.0)
+        timings = self.timings.as_ms(self.env_ms)
         if self.retried:
             timings["retried"] = 1.0
         return response.model_copy(update={"stdout": self.output.text(), "timings": timings})

@@ -44,7 +44,10 @@ class StreamedResult:
             (i for i, line in enumerate(said) if line.lstrip().startswith(_ERROR_STARTS)), 0
         )
         said = said[first_error:]
-        return "\n".join([f"{self.program} {how}", *said])
+        if not said:
+            return f"{self.program} {how}"
+        first = said[0].strip().removeprefix("error:").strip()
+        return "\n".join([f"{self.program} {how}: {first}", *said[1:]])
 
 
 async def run_streaming(
