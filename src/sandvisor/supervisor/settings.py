@@ -94,6 +94,8 @@ class Settings(BaseModel):
     # RunPod worker.
     concurrency: int | None = None
     runpod_stream: bool = False
+    # Take the next job as soon as a slot frees (runpod's own loop waits up to 1 s).
+    runpod_prompt_take: bool = True
     progress_interval_s: float = 0.5
 
     @field_validator("secret_vars", "pass_vars", "preload", mode="before")
