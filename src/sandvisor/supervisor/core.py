@@ -27,6 +27,7 @@ from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits, LimitsError
+from sandvisor.supervisor.manifest import DeployedAppError, resolve_deployed
 from sandvisor.supervisor.outcome import failure
 from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.settings import Settings
@@ -64,9 +65,10 @@ def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> Functio
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "request"
+    where = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid request: {where}: {first['msg']}{more}"
+    return f"invalid request: {where + ': ' if where else ''}{message}{more}"
 
 
 def new_job_id() -> str:
@@ -171,6 +173,8 @@ class Supervisor:
             return failure(ErrorType.INVALID_REQUEST, exc.summary, exc.detail)
         except LimitsError as exc:
             return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
+        except DeployedAppError as exc:
+            return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
         run = JobRun(spec, self._templates, on_event)
         self._jobs[job_id] = run
         try:
@@ -249,6 +253,9 @@ class Supervisor:
     def _spec(self, job_id: str, request: FunctionRequest, limits: Limits) -> JobSpec:
         env = dict(self._base_env)
         env["SANDVISOR_JOB_ID"] = job_id
+        deployed = None
+        if request.function_code is None and request.class_code is None:
+            deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code
         return JobSpec(
             job_id=job_id,
             request=request.model_dump(),
@@ -260,6 +267,8 @@ class Supervisor:
             max_output_bytes=limits.max_output_bytes,
             max_result_bytes=limits.max_result_bytes,
             rlimits=limits.rlimits(),
+            deployed_module=deployed.module if deployed else None,
+            deployed_sys_path=[str(deployed.sys_path)] if deployed else [],
         )
 
     def _schedule_cleanup(self, workdir: Any) -> None:
