@@ -1,0 +1,94 @@
+"""Shared by the env integration tests: an offline wheelhouse, and an index that can stall.
+
+The stalling index serves a wheelhouse as a flat ``--find-links`` page over HTTP on 127.0.0.1 and
+holds every wheel download until released, so a test can catch uv in the middle of a build.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from wheelhouse import build_wheel
+
+STALL_LIMIT_S = 30.0  # a stalled request never outlives a test by much
+
+
+def make_wheelhouse(directory: Path) -> Path:
+    build_wheel(directory, "tinypkg", "1.0")
+    build_wheel(directory, "tinypkg", "2.0")
+    build_wheel(directory, "tinydep", "1.0", requires=["tinypkg==1.0"])
+    build_wheel(directory, "six", "1.16.0")  # the base has six 1.17: a pin must win
+    return directory
+
+
+class StallingIndex:
+    def __init__(self, wheelhouse: Path, delay_s: float | None = None) -> None:
+        self.wheelhouse = wheelhouse
+        self.delay_s = delay_s  # None: hold downloads until release()
+        self.wheel_requested = threading.Event()
+        self.released = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        index = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                name = self.path.strip("/").split("?")[0]
+                if not name:
+                    links = "".join(
+                        f'<a href="{p.name}">{p.name}</a>\n'
+                        for p in sorted(index.wheelhouse.glob("*.whl"))
+                    )
+                    data = f"<html><body>\n{links}</body></html>\n".encode()
+                    content_type = "text/html"
+                else:
+                    path = index.wheelhouse / name
+                    if "/" in name or not path.is_file():
+                        self.send_error(404)
+                        return
+                    index.wheel_requested.set()
+                    index.released.wait(STALL_LIMIT_S if index.delay_s is None else index.delay_s)
+                    data = path.read_bytes()
+                    content_type = "application/octet-stream"
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+        return Handler
+
+    @contextmanager
+    def running(self) -> Iterator[StallingIndex]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self.release()
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
