@@ -120,7 +120,9 @@ class Supervisor:
         *,
         display: bool = False,
     ) -> AsyncIterator[LogEvent | FunctionResponse]:
-        """Live events of the job, then its FunctionResponse. Leaving early cancels the job.
+        """Live events of the job, then its FunctionResponse.
+
+        Closing the iterator early (``contextlib.aclosing``, or ``aclose()``) cancels the job.
 
         ``display``: also fill the response's ``result_display`` (for terminals).
         """

@@ -1,0 +1,45 @@
+"""Fixtures shared by every test: a private store per test and a running Supervisor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from tests.helpers import make_settings
+
+from sandvisor.supervisor.core import Supervisor
+from sandvisor.supervisor.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    async with Supervisor(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def spawn_supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    """A supervisor that starts a fresh interpreter per job (no templates)."""
+    async with Supervisor(settings.model_copy(update={"templates": False})) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Every process a test starts is gone when it ends."""
+    me = psutil.Process(os.getpid())
+    before = {child.pid for child in me.children(recursive=True)}
+    yield
+    started = [child for child in me.children(recursive=True) if child.pid not in before]
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for process in alive:
+        process.kill()
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
