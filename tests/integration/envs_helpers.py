@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from wheelhouse import build_wheel
+from tests.wheelhouse import build_wheel
 
 STALL_LIMIT_S = 30.0  # a stalled request never outlives a test by much
 

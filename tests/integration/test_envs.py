@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from envs_helpers import StallingIndex, make_wheelhouse
+from tests.helpers import make_settings
+from tests.integration.envs_helpers import StallingIndex, make_wheelhouse
 
-from conftest import make_settings
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.cli import main as cli_main
 from sandvisor.supervisor.envs import EnvError, EnvStore
