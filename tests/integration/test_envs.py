@@ -326,6 +326,8 @@ async def test_gc_by_size_and_manual_removal(tmp_path: Path, offline: Path) -> N
     held.release()
     assert store.remove(str(held.key)).key == held.key
     assert store.list() == [] and leftovers(store) == []
+    store.gc()  # the lock files of keys that are gone go too
+    assert [p.name for p in (store.root / ".locks").iterdir()] == ["gc.lock"]
 
 
 async def test_envs_cli_list_gc_rm(

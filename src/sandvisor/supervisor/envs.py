@@ -301,7 +301,7 @@ class EnvStore:
         started = time.monotonic()
         shown = ", ".join(r.spec for r in plan.requirements)
         log(f"building environment {plan.key} for {shown}")
-        env = uv_environ(self.settings.uv_cache_dir, self.settings.secret_patterns)
+        env = uv_environ(self.settings)
         cwd = staging.parent
         await self._uv(
             [
@@ -451,7 +451,7 @@ class EnvStore:
             os.rename(path, self.root / ".trash" / f"{key}.{secrets.token_hex(4)}")
 
     def _remove_debris(self) -> None:
-        """Staging dirs no live builder holds, and the trash of interrupted deletions."""
+        """Staging dirs no live builder holds, trash, and the lock files of keys now gone."""
         staging_root = self.root / ".staging"
         for key in {entry.name.split(".")[0] for entry in staging_root.iterdir()}:
             lock = FileLock(self._lock_path(key, "build"))
@@ -461,6 +461,23 @@ class EnvStore:
                 finally:
                     lock.release()
         self._empty_trash()
+        for path in (self.root / ".locks").glob("*.build"):
+            key = path.name.removesuffix(".build")
+            if _is_key(key) and not (self.root / key).exists():
+                self._remove_locks(key)
+
+    def _remove_locks(self, key: str) -> None:
+        build = FileLock(self._lock_path(key, "build"))
+        use = FileLock(self._lock_path(key, "use"))
+        if not build.try_acquire():
+            return
+        try:
+            if use.try_acquire():
+                use.unlink()
+                build.unlink()
+                use.release()
+        finally:
+            build.release()
 
     def _remove_staging_debris(self, key: str) -> None:
         """Only called under ``key``'s build lock, so these belong to dead builds."""

@@ -1,20 +1,22 @@
 """Running the bundled ``uv`` for env builds, with the environment it should see.
 
-uv gets the supervisor's environment minus platform secrets (a package build runs arbitrary
-code) and minus whatever would point it at another interpreter or project; its cache is the
+uv gets the supervisor's environment minus the secrets a job would not see (a package build runs
+arbitrary code), except ``UV_*`` (index credentials are uv's business), and minus whatever would
+point it at another interpreter or project; its cache is the
 store's, and index settings come only from the supervisor's own ``UV_*`` variables. Callers add
 ``--no-config`` so a ``uv.toml`` lying around cannot add an index either.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from uv import find_uv_bin
 
+from sandvisor.supervisor.policy import is_secret
+from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import StreamedResult, run_streaming
 
 # Variables that would make uv act on something other than the env we name with --python.
@@ -32,17 +34,15 @@ _REDIRECTING_VARS = (
 )
 
 
-def uv_environ(
-    cache_dir: Path, secret_patterns: Sequence[str], source: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def uv_environ(settings: Settings, source: Mapping[str, str] | None = None) -> dict[str, str]:
     source = os.environ if source is None else source
     env = {
         name: value
         for name, value in source.items()
         if name not in _REDIRECTING_VARS
-        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in secret_patterns)
+        and (name.startswith("UV_") or not is_secret(name, settings))
     }
-    env["UV_CACHE_DIR"] = str(cache_dir)
+    env["UV_CACHE_DIR"] = str(settings.uv_cache_dir)
     env["UV_PYTHON_DOWNLOADS"] = "never"  # envs use the base interpreter, nothing else
     env["UV_NO_PROGRESS"] = "1"
     env["NO_COLOR"] = "1"
