@@ -152,3 +152,14 @@ async def test_cancel_during_the_build_stops_uv(
         assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "uv"]
         assert env_dirs(sup) == []
         assert list((sup.settings.envs_dir / ".staging").iterdir()) == []
+
+
+async def test_a_hung_install_is_bounded_by_the_job_timeout(
+    settings: Settings, stalling: StallingIndex
+) -> None:
+    async with Supervisor(settings) as sup:
+        response = await sup.run(versions(["tinypkg"]) | {"limits": {"timeout_s": 1}})
+        assert response.error_type is ErrorType.TIMEOUT
+        assert response.error is not None and "installing dependencies" in response.error
+        assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "uv"]
+        assert env_dirs(sup) == []

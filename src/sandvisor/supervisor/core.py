@@ -239,7 +239,17 @@ class Supervisor:
         )
         stop = asyncio.ensure_future(run.stopped())
         try:
-            await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+            # A hung install (an index that never answers) is bounded by the job's own timeout.
+            timeout_s = run.spec.timeout_s
+            await asyncio.wait(
+                {acquiring, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not acquiring.done() and not stop.done():
+                run.stop(
+                    ErrorType.TIMEOUT,
+                    f"timed out: installing dependencies took longer than the {timeout_s:g} s limit",
+                )
+                await stop
         finally:
             stop.cancel()
             if not acquiring.done():
