@@ -1,0 +1,44 @@
+"""``sandvisor doctor`` on this machine: every check answers, a broken store fails the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandvisor.supervisor.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SANDVISOR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SANDVISOR_GPUS", "")
+    monkeypatch.setenv("SANDVISOR_APP_DIR", str(tmp_path / "app"))
+    return tmp_path
+
+
+def test_a_healthy_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[1] for line in lines]
+    assert names == ["python", "uv", "store", "volume", "gpus", "limits", "worker", "app", "test"]
+    assert all(line.startswith(("ok", "warn")) for line in lines), lines
+    assert "ran in an isolated child" in lines[-1]
+
+
+def test_an_unwritable_store_fails(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SANDVISOR_HOME", str(blocker / "home"))
+    assert main(["doctor", "--no-job"]) == 1
+    assert "FAIL  store" in capsys.readouterr().out
+
+
+def test_a_bad_setting_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDVISOR_TIMEOUT_S", "soon")
+    assert main(["doctor"]) == 1
+    assert capsys.readouterr().out.startswith("FAIL  settings     invalid SANDVISOR_TIMEOUT_S")
