@@ -1,0 +1,23 @@
+# GPU worker: sandvisor on PyTorch's official CUDA runtime image.
+# The worker's venv is created with --system-site-packages on the image's own Python, so the
+# image's torch (and CUDA libraries) sit in the supervisor's base environment, which every
+# job's env is layered on: jobs import torch without installing it.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
+
+ENV UV_PROJECT_ENVIRONMENT=/opt/sandvisor \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    PATH=/opt/sandvisor/bin:$PATH
+
+# Not /app: that is where a deployed Flash app lives (SANDVISOR_APP_DIR).
+WORKDIR /opt/sandvisor-src
+COPY pyproject.toml uv.lock README.md ./
+RUN uv venv --system-site-packages --python "$(command -v python3)" /opt/sandvisor \
+ && uv sync --locked --no-dev --no-install-project
+COPY src ./src
+RUN uv sync --locked --no-dev --no-editable
+
+CMD ["sandvisor", "serve"]
