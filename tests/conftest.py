@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 from tests.helpers import make_settings
+from tests.wheelhouse import make_wheelhouse
 
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.settings import Settings
@@ -43,3 +44,17 @@ def no_leftover_processes() -> Iterator[None]:
     for process in alive:
         process.kill()
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny offline wheels: tinypkg 1.0 and 2.0, tinydep (needs tinypkg==1.0), six 1.16.0."""
+    return make_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture
+def offline_index(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Dependency installs come from the wheelhouse only (the store reads our UV_* variables)."""
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    return wheelhouse

@@ -2,6 +2,7 @@
 
 ``build_wheel(dir, "tinypkg", "1.0")`` writes ``tinypkg-1.0-py3-none-any.whl``: one module
 ``tinypkg`` whose ``__version__`` is the version, so a test can check which copy it imported.
+``make_wheelhouse(dir)`` writes the set the env tests use (the ``wheelhouse`` fixture).
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def build_wheel(
         for path, text in files.items():
             archive.writestr(path, text)
     return wheel
+
+
+def make_wheelhouse(directory: Path) -> Path:
+    build_wheel(directory, "tinypkg", "1.0")
+    build_wheel(directory, "tinypkg", "2.0")
+    build_wheel(directory, "tinydep", "1.0", requires=["tinypkg==1.0"])
+    build_wheel(directory, "six", "1.16.0")  # the base has six 1.17: a pin must win
+    return directory
 
 
 def _digest(text: str) -> str:

@@ -1,6 +1,6 @@
-"""Shared by the env integration tests: an offline wheelhouse, and an index that can stall.
+"""For the env integration tests: an index that can stall in the middle of a build.
 
-The stalling index serves a wheelhouse as a flat ``--find-links`` page over HTTP on 127.0.0.1 and
+It serves a wheelhouse as a flat ``--find-links`` page over HTTP on 127.0.0.1 and
 holds every wheel download until released, so a test can catch uv in the middle of a build.
 """
 
@@ -12,17 +12,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.wheelhouse import build_wheel
-
 STALL_LIMIT_S = 30.0  # a stalled request never outlives a test by much
-
-
-def make_wheelhouse(directory: Path) -> Path:
-    build_wheel(directory, "tinypkg", "1.0")
-    build_wheel(directory, "tinypkg", "2.0")
-    build_wheel(directory, "tinydep", "1.0", requires=["tinypkg==1.0"])
-    build_wheel(directory, "six", "1.16.0")  # the base has six 1.17: a pin must win
-    return directory
 
 
 class StallingIndex:

@@ -15,25 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 from tests.helpers import make_settings
-from tests.integration.envs_helpers import StallingIndex, make_wheelhouse
+from tests.integration.envs_helpers import StallingIndex
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.cli import main as cli_main
 from sandvisor.supervisor.envs import EnvError, EnvStore
 from sandvisor.supervisor.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
-
-
-@pytest.fixture
-def offline(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """uv installs from the wheelhouse only; the store reads UV_* from our environment."""
-    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
-    monkeypatch.setenv("UV_NO_INDEX", "1")
-    return wheelhouse
 
 
 @pytest.fixture
@@ -80,7 +67,7 @@ async def wait_for(event_wait: object, timeout: float = 20.0) -> None:
 
 
 async def test_pin_overrides_base_and_runtime_imports_resolve(
-    store: EnvStore, offline: Path
+    store: EnvStore, offline_index: Path
 ) -> None:
     lines: list[str] = []
     with await store.acquire(["tinypkg", "six==1.16.0"], lines.append) as lease:
@@ -97,7 +84,7 @@ async def test_pin_overrides_base_and_runtime_imports_resolve(
     assert any("+ tinypkg==2.0" in line for line in lines)  # uv's output reached on_log
 
 
-async def test_base_satisfied_set_makes_no_venv(store: EnvStore, offline: Path) -> None:
+async def test_base_satisfied_set_makes_no_venv(store: EnvStore, offline_index: Path) -> None:
     lease = await store.acquire(["six", "Msgpack>=1", 'tinypkg; python_version < "3"'], print)
     assert lease.key is None
     assert lease.python == Path(sys.executable)
@@ -105,7 +92,9 @@ async def test_base_satisfied_set_makes_no_venv(store: EnvStore, offline: Path) 
     assert not (store.root).exists() or not any(store.root.glob("[0-9a-f]*"))
 
 
-async def test_partly_satisfied_set_installs_only_the_rest(store: EnvStore, offline: Path) -> None:
+async def test_partly_satisfied_set_installs_only_the_rest(
+    store: EnvStore, offline_index: Path
+) -> None:
     with await store.acquire(["six", "tinypkg==2.0"], print) as lease:
         (info,) = store.list()
         assert info.installed == ("tinypkg==2.0",)
@@ -114,7 +103,7 @@ async def test_partly_satisfied_set_installs_only_the_rest(store: EnvStore, offl
         ) == (f"{__import__('six').__version__} 2.0")
 
 
-async def test_same_set_in_another_order_is_one_env(store: EnvStore, offline: Path) -> None:
+async def test_same_set_in_another_order_is_one_env(store: EnvStore, offline_index: Path) -> None:
     first = await store.acquire(["tinypkg==1.0", "six==1.16.0"], print)
     second = await store.acquire(["Six == 1.16.0", "TinyPkg==1.0"], print)
     assert first.key == second.key and not second.built
@@ -123,7 +112,7 @@ async def test_same_set_in_another_order_is_one_env(store: EnvStore, offline: Pa
     second.release()
 
 
-async def test_lease_environ_puts_the_env_first(store: EnvStore, offline: Path) -> None:
+async def test_lease_environ_puts_the_env_first(store: EnvStore, offline_index: Path) -> None:
     with await store.acquire(["tinypkg"], print) as lease:
         env = lease.environ({"PATH": "/usr/bin"})
     assert lease.prefix is not None
@@ -131,9 +120,9 @@ async def test_lease_environ_puts_the_env_first(store: EnvStore, offline: Path) 
     assert env["PATH"] == f"{lease.prefix / 'bin'}:/usr/bin"
 
 
-async def test_direct_url_installs_when_allowed(tmp_path: Path, offline: Path) -> None:
+async def test_direct_url_installs_when_allowed(tmp_path: Path, offline_index: Path) -> None:
     store = EnvStore(make_settings(tmp_path / "home", allow_direct_urls=True))
-    wheel = offline / "tinypkg-2.0-py3-none-any.whl"
+    wheel = offline_index / "tinypkg-2.0-py3-none-any.whl"
     with await store.acquire([f"tinypkg @ {wheel.as_uri()}"], print) as lease:
         assert run_in(lease.python, "import tinypkg; print(tinypkg.__version__)") == "2.0"
 
@@ -141,7 +130,7 @@ async def test_direct_url_installs_when_allowed(tmp_path: Path, offline: Path) -
 # -- failures ------------------------------------------------------------------------------------
 
 
-async def test_unknown_package_fails_with_uvs_message(store: EnvStore, offline: Path) -> None:
+async def test_unknown_package_fails_with_uvs_message(store: EnvStore, offline_index: Path) -> None:
     with pytest.raises(EnvError) as caught:
         await store.acquire(["this-package-does-not-exist"], print)
     assert caught.value.error_type is ErrorType.DEPENDENCY_INSTALL
@@ -153,7 +142,9 @@ async def test_unknown_package_fails_with_uvs_message(store: EnvStore, offline: 
 @pytest.mark.parametrize(
     "text", ["--index-url=http://127.0.0.1:1/simple", "-e .", "tinypkg @ file:///tmp/x.whl"]
 )
-async def test_rejected_strings_run_nothing(store: EnvStore, offline: Path, text: str) -> None:
+async def test_rejected_strings_run_nothing(
+    store: EnvStore, offline_index: Path, text: str
+) -> None:
     with pytest.raises(EnvError) as caught:
         await store.acquire(["tinypkg", text], print)
     assert caught.value.error_type is ErrorType.INVALID_REQUEST
@@ -164,7 +155,7 @@ async def test_rejected_strings_run_nothing(store: EnvStore, offline: Path, text
 # -- one build per key ---------------------------------------------------------------------------
 
 
-async def test_eight_concurrent_acquires_build_once(store: EnvStore, offline: Path) -> None:
+async def test_eight_concurrent_acquires_build_once(store: EnvStore, offline_index: Path) -> None:
     logs: list[list[str]] = [[] for _ in range(8)]
     leases = await asyncio.gather(
         *(store.acquire(["tinydep", "tinypkg==1.0"], log.append) for log in logs)
@@ -295,7 +286,9 @@ async def test_cancelled_acquire_kills_uv_and_cleans_up(
 # -- GC and the CLI ------------------------------------------------------------------------------
 
 
-async def test_gc_evicts_least_recently_used_never_in_use(tmp_path: Path, offline: Path) -> None:
+async def test_gc_evicts_least_recently_used_never_in_use(
+    tmp_path: Path, offline_index: Path
+) -> None:
     store = EnvStore(make_settings(tmp_path / "home", env_max_count=2))
     a = await store.acquire(["tinypkg==1.0"], print)  # held all along: never evicted
     (await store.acquire(["tinypkg==2.0"], print)).release()
@@ -311,7 +304,7 @@ async def test_gc_evicts_least_recently_used_never_in_use(tmp_path: Path, offlin
     b.release()
 
 
-async def test_gc_by_size_and_manual_removal(tmp_path: Path, offline: Path) -> None:
+async def test_gc_by_size_and_manual_removal(tmp_path: Path, offline_index: Path) -> None:
     store = EnvStore(make_settings(tmp_path / "home", env_max_bytes=1))
     held = await store.acquire(["tinypkg==1.0"], print)
     (await store.acquire(["tinypkg==2.0"], print)).release()
@@ -332,7 +325,7 @@ async def test_gc_by_size_and_manual_removal(tmp_path: Path, offline: Path) -> N
 
 async def test_envs_cli_list_gc_rm(
     store: EnvStore,
-    offline: Path,
+    offline_index: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

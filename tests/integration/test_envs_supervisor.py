@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 from tests.helpers import function_request
-from tests.integration.envs_helpers import StallingIndex, make_wheelhouse
+from tests.integration.envs_helpers import StallingIndex
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import LogEvent, Supervisor
@@ -25,21 +25,8 @@ def main(*names):
 """
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
-
-
 @pytest.fixture
-def offline(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # The store takes index settings only from the supervisor's own UV_* variables.
-    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
-    monkeypatch.setenv("UV_NO_INDEX", "1")
-    return wheelhouse
-
-
-@pytest.fixture
-async def sup(settings: Settings, offline: Path) -> AsyncIterator[Supervisor]:
+async def sup(settings: Settings, offline_index: Path) -> AsyncIterator[Supervisor]:
     async with Supervisor(settings) as running:
         yield running
 

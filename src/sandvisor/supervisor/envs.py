@@ -183,8 +183,10 @@ class EnvStore:
 
     def plan(self, dependencies: Iterable[str] | None) -> _Plan:
         """Key and install set for a dependency list; cached, since a hit must cost microseconds."""
+        if isinstance(dependencies, str):
+            raise EnvError(ErrorType.INVALID_REQUEST, "dependencies must be a list of strings")
         raw = tuple(dependencies or ())
-        cached = self._plans.get(raw)
+        cached = self._plans.get(raw) if all(isinstance(d, str) for d in raw) else None
         if cached is not None:
             return cached
         try:
