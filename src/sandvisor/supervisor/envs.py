@@ -108,7 +108,9 @@ class EnvInfo:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class EnvPlan:
+    """A dependency list here: its env key (None: the base suffices) and what to install."""
+
     key: str | None
     requirements: tuple[NormalizedRequirement, ...]
     missing: tuple[NormalizedRequirement, ...]  # what the base does not already satisfy
@@ -130,7 +132,7 @@ class EnvStore:
         self.settings = settings
         self.root = settings.envs_dir
         self._base = base
-        self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._plans: dict[tuple[str, ...], EnvPlan] = {}
         self._builds: dict[str, _Build] = {}
         self._system = SystemPackages(settings)
         self.builds_completed = 0  # in this process; tests and benchmarks read it
@@ -181,7 +183,7 @@ class EnvStore:
             return EnvLease(key=None, python=Path(sys.executable), extra_env=self._extra_env())
         return self._try_lease(plan.key)
 
-    def plan(self, dependencies: Iterable[str] | None) -> _Plan:
+    def plan(self, dependencies: Iterable[str] | None) -> EnvPlan:
         """Key and install set for a dependency list; cached, since a hit must cost microseconds."""
         if isinstance(dependencies, str):
             raise EnvError(ErrorType.INVALID_REQUEST, "dependencies must be a list of strings")
@@ -197,7 +199,7 @@ class EnvStore:
             raise EnvError(ErrorType.INVALID_REQUEST, str(exc)) from None
         missing = tuple(r for r in requirements if not self.base.satisfies(r.to_packaging()))
         key = env_key(requirements, self.base) if missing else None
-        plan = _Plan(key=key, requirements=requirements, missing=missing)
+        plan = EnvPlan(key=key, requirements=requirements, missing=missing)
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.pop(next(iter(self._plans)))
         self._plans[raw] = plan
@@ -236,7 +238,7 @@ class EnvStore:
 
     # ---- build -----------------------------------------------------------------------------
 
-    async def _join_build(self, plan: _Plan, on_log: LogFn) -> bool:
+    async def _join_build(self, plan: EnvPlan, on_log: LogFn) -> bool:
         """Wait for this process's one build of ``plan.key``, starting it if none runs.
 
         True when this process built it, False when another process had.
@@ -274,7 +276,7 @@ class EnvStore:
         if key is not None and self._builds.get(key) is build:
             del self._builds[key]
 
-    async def _build(self, plan: _Plan, build: _Build) -> bool:
+    async def _build(self, plan: EnvPlan, build: _Build) -> bool:
         assert plan.key is not None
         key = plan.key
         self._ensure_layout()
@@ -299,7 +301,7 @@ class EnvStore:
         await asyncio.to_thread(self.gc, frozenset({key}))
         return True
 
-    async def _populate(self, staging: Path, plan: _Plan, log: LogFn) -> None:
+    async def _populate(self, staging: Path, plan: EnvPlan, log: LogFn) -> None:
         started = time.monotonic()
         shown = ", ".join(r.spec for r in plan.requirements)
         log(f"building environment {plan.key} for {shown}")
@@ -344,7 +346,7 @@ class EnvStore:
         calls = "; ".join(f"site.addsitedir({str(d)!r})" for d in self.base.site_dirs)
         (site_packages / LAYER_PTH).write_text(f"import site; {calls}\n")
 
-    def _write_marker(self, staging: Path, plan: _Plan, size: int) -> None:
+    def _write_marker(self, staging: Path, plan: EnvPlan, size: int) -> None:
         meta = {
             "key": plan.key,
             "requirements": [r.spec for r in plan.requirements],
