@@ -24,7 +24,6 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.wheelhouse import build_wheel
 
 SANDVISOR = str(Path(sys.executable).with_name("sandvisor"))
 STOP_TIMEOUT_S = 20.0
@@ -136,13 +135,6 @@ def kill_leftovers(marker: str, seen: Sequence[psutil.Process] = ()) -> list[str
             left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
             process.kill()
     return left
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("wheelhouse")
-    build_wheel(directory, "tinypkg", "2.0", code="def hello():\n    return 'hello from tinypkg'\n")
-    return directory
 
 
 def processes_matching(marker: str) -> list[psutil.Process]:
