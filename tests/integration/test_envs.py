@@ -137,6 +137,7 @@ async def test_unknown_package_fails_with_uvs_message(store: EnvStore, offline_i
     assert "No solution found" in str(caught.value)
     assert "this-package-does-not-exist" in str(caught.value)
     assert store.list() == [] and leftovers(store) == []
+    assert list((store.root / ".locks").iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,7 @@ class EnvStore:
                 self._publish(staging, key)
             except BaseException:
                 await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, True))
+                self._drop_locks(key, build_lock)  # a failed build leaves nothing at all
                 raise
         finally:
             build_lock.release()
@@ -472,16 +473,20 @@ class EnvStore:
 
     def _remove_locks(self, key: str) -> None:
         build = FileLock(self._lock_path(key, "build"))
-        use = FileLock(self._lock_path(key, "use"))
         if not build.try_acquire():
             return
         try:
-            if use.try_acquire():
-                use.unlink()
-                build.unlink()
-                use.release()
+            self._drop_locks(key, build)
         finally:
             build.release()
+
+    def _drop_locks(self, key: str, build: FileLock) -> None:
+        """Delete ``key``'s lock files; ``build`` is its build lock, held. Skipped while leased."""
+        use = FileLock(self._lock_path(key, "use"))
+        if use.try_acquire():
+            use.unlink()
+            build.unlink()
+            use.release()
 
     def _remove_staging_debris(self, key: str) -> None:
         """Only called under ``key``'s build lock, so these belong to dead builds."""
