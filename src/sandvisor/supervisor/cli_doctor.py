@@ -7,7 +7,6 @@ status 1 when anything fails. The last check runs a real job in a child, end to 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import platform
 import shutil
 import subprocess
@@ -16,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sandvisor.supervisor.cli import EXIT_JOB_FAILED, EXIT_OK
-from sandvisor.supervisor.settings import RUNPOD_VOLUME, Settings, SettingsError, volume_present
+
+if TYPE_CHECKING:  # the settings model imports pydantic: only when the command runs
+    from sandvisor.supervisor.settings import Settings
 
 GIB = 1024**3
 #: Below this much free space in the store, env builds are likely to fail.
@@ -45,6 +46,8 @@ def add_doctor_command(subparsers: Any) -> None:
 
 
 def doctor_command(options: argparse.Namespace) -> int:
+    from sandvisor.supervisor.settings import Settings, SettingsError
+
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -103,6 +106,8 @@ def check_store(settings: Settings) -> Check:
 
 
 def check_volume(settings: Settings) -> Check:
+    from sandvisor.supervisor.settings import RUNPOD_VOLUME, volume_present
+
     if not volume_present():
         return Check("volume", "ok", f"no {RUNPOD_VOLUME}: envs and caches on local disk")
     on_volume = settings.home.is_relative_to(RUNPOD_VOLUME)
@@ -167,6 +172,8 @@ def check_app(settings: Settings) -> Check:
 
 
 def check_job(settings: Settings) -> Check:
+    import asyncio
+
     started = time.monotonic()
     response = asyncio.run(_run_probe(settings))
     elapsed = time.monotonic() - started
