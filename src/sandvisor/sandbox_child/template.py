@@ -6,11 +6,16 @@ ping. Replies are frames on the same socket: ``ready`` once, ``forked`` per ``F`
 ``exit`` when a job child it forked is reaped (with status and rusage), ``pong``. Orphans of jobs
 come to the template (it is a child subreaper) and are reaped silently. When the supervisor goes
 away (end of stream on the socket), the template kills every job it forked and leaves.
+
+The job child is made exactly as a spawned one is (``runner.run_job``): its own session, the
+job's descriptors only, the job's environment, limits and working dir. What the template imported
+stays imported in the child, which is the point: the child starts at the cost of a fork.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import os
 import selectors
@@ -21,6 +26,7 @@ import time
 from typing import Any
 
 from sandvisor.protocol.frames import encode_frame
+from sandvisor.sandbox_child.isolation import own_session, reset_signals
 from sandvisor.sandbox_child.runner import run_job
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -37,7 +43,11 @@ def become_subreaper() -> bool:
 
 
 def preload(modules: list[str]) -> dict[str, str]:
-    """Import the preload list; a module that fails is reported, not fatal."""
+    """Import the preload list; a module that fails is reported, not fatal.
+
+    Importing is all that happens: nothing here touches ``torch.cuda`` (or any device API), so a
+    CUDA context is created, if ever, by the job in its own child after the fork.
+    """
     failed: dict[str, str] = {}
     for name in modules:
         try:
@@ -45,6 +55,15 @@ def preload(modules: list[str]) -> dict[str, str]:
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
     return failed
+
+
+def cuda_initialized() -> bool:
+    """Whether a preload initialized CUDA on import (a fork would then break CUDA in every job).
+
+    Reads torch's own flag without calling into ``torch.cuda``, so asking cannot initialize it.
+    """
+    torch_cuda = sys.modules.get("torch.cuda")
+    return bool(getattr(torch_cuda, "_initialized", False))
 
 
 class Template:
@@ -72,7 +91,7 @@ class Template:
     def _on_command(self) -> bool:
         message, fds, _, _ = socket.recv_fds(self.control, 1, 3)
         if not message:
-            self._kill_jobs()
+            self.kill_jobs()
             return False
         if message == COMMAND_PING:
             self.send({"t": "pong", "ts": time.time(), "live": len(self.live)})
@@ -99,11 +118,11 @@ class Template:
                 os.close(fd)
 
     def _become_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-        from sandvisor.sandbox_child.isolation import own_session, reset_signals
-
         reset_signals()
         own_session()
-        self._selector.close()
+        # The job collects its own garbage as a fresh interpreter would; what the template froze
+        # stays out of its collections, so they never touch (and copy) the template's pages.
+        gc.enable()
         run_job(channel_fd, stdout_fd, stderr_fd)  # closes every other fd; never returns
 
     def _on_sigchld(self) -> bool:
@@ -132,12 +151,24 @@ class Template:
                     }
                 )
 
-    def _kill_jobs(self) -> None:
+    def kill_jobs(self) -> None:
         for pid in self.live:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every object to the permanent generation and stop collecting.
+
+    A fork shares the template's pages copy-on-write; a collection in the template or a job that
+    walked the preloaded objects would write to (and so copy) all of them. The template allocates
+    almost nothing per fork, so it needs no collector of its own.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
 
 def serve_template(control_fd: int, preloads: list[str]) -> None:
@@ -146,6 +177,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     become_subreaper()
     failed = preload(preloads)
     template = Template(control)
+    freeze_heap()
     template.send(
         {
             "t": "ready",
@@ -153,9 +185,10 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
             "python": sys.executable,
             "preloaded": [name for name in preloads if name not in failed],
             "preload_failed": failed,
+            "cuda_initialized": cuda_initialized(),
         }
     )
     try:
         template.serve()
     except (BrokenPipeError, ConnectionResetError):
-        template._kill_jobs()
+        template.kill_jobs()

@@ -160,6 +160,11 @@ class Supervisor:
     def running_jobs(self) -> list[str]:
         return list(self._jobs)
 
+    @property
+    def templates(self) -> TemplatePool | None:
+        """The warm templates (None when jobs are spawned fresh): for status, tests, benchmarks."""
+        return self._templates
+
     # -- one job -----------------------------------------------------------------------------
 
     async def _execute(

@@ -235,11 +235,31 @@ class JobRun:
                 )
             report.stopped = self._stop_reason
             await self._terminate(exited)
-        return await exited
+        return await self._exit_of(exited, report)
+
+    async def _exit_of(
+        self, exited: asyncio.Future[ExitInfo | None], report: Report
+    ) -> ExitInfo | None:
+        try:
+            return await exited
+        except TemplateLost:
+            self._kill_orphan()
+            if report.fields is None and report.error is None:
+                raise  # it never answered: the caller runs it again on a fresh spawn
+            return None  # it had answered before its template died; how it ended is unknown
+
+    def _kill_orphan(self) -> None:
+        """The template that forked the child died: nobody will report its exit, so it goes now."""
+        if self.pid is not None:
+            kill_group(self.pid, signal.SIGKILL)
 
     async def _terminate(self, exited: asyncio.Future[ExitInfo | None]) -> None:
         """SIGTERM the group, wait the grace period, SIGKILL, and wait for the exit."""
-        if self.pid is None or exited.done():
+        if self.pid is None:
+            return
+        if exited.done():
+            if not exited.cancelled() and isinstance(exited.exception(), TemplateLost):
+                self._kill_orphan()
             return
         kill_group(self.pid, signal.SIGTERM)
         done, _ = await asyncio.wait({exited}, timeout=self.spec.grace_s)

@@ -2,9 +2,13 @@
 
 A template is started with its env's interpreter (runtime and preloads imported, CUDA never
 touched) and speaks the protocol described in ``sandbox_child/template.py``. Forking from it costs
-about a fork; a fresh interpreter costs an interpreter start and imports. A template that dies is
-replaced on its next use; jobs it was forking for see :class:`TemplateLost` and are retried on a
-fresh spawn by the caller.
+about a fork; a fresh interpreter costs an interpreter start and imports.
+
+Lifecycle (:class:`TemplatePool`): the supervisor starts the base template when it starts; the
+template of any other env starts on the first job there, keyed by the interpreter path. At most
+``limit`` run at once: the least recently used one with no job in flight stops first. A template
+that dies is replaced on its next use; a job it was forking, or whose child it was watching, sees
+:class:`TemplateLost`, and the caller runs that job again on a fresh spawn.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
 from sandvisor.sandbox_child.template import COMMAND_FORK
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
+from sandvisor.supervisor.proctree import JOB_ENV_VAR
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,11 @@ class ForkedChild:
     exited: asyncio.Future[ExitInfo | None]
 
 
+def template_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """A job's environment without what marks one job: a template belongs to none."""
+    return {name: value for name, value in env.items() if name != JOB_ENV_VAR}
+
+
 class TemplateProcess:
     """One running template and the exits of the children it forked."""
 
@@ -57,12 +68,16 @@ class TemplateProcess:
         self._exits: dict[int, asyncio.Future[ExitInfo | None]] = {}
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.alive = True
         self.last_used = time.monotonic()
         self.preloaded: list[str] = []
+        self.forks = 0
 
     @classmethod
-    async def start(cls, python: str, preload: list[str], env: dict[str, str]) -> TemplateProcess:
+    async def start(
+        cls, python: str, preload: list[str], env: Mapping[str, str]
+    ) -> TemplateProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = ["--template", "--control-fd", str(theirs.fileno())]
         if preload:
@@ -74,9 +89,12 @@ class TemplateProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
-                env=env,
+                env=template_environment(env),
                 start_new_session=True,
             )
+        except OSError as exc:
+            ours.close()
+            raise TemplateLost(f"cannot start a template with {python}: {exc}") from exc
         finally:
             theirs.close()
         process.returncode = 0  # reaped by wait_for_exit, never by Popen
@@ -96,6 +114,12 @@ class TemplateProcess:
         self.preloaded = list(ready.get("preloaded", []))
         for name, error in (ready.get("preload_failed") or {}).items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
+        if ready.get("cuda_initialized"):
+            log.warning(
+                "template %s: a preload initialized CUDA on import; jobs forked from it cannot "
+                "use CUDA (take that module out of SANDVISOR_PRELOAD)",
+                self.python,
+            )
         self._tasks = [
             asyncio.create_task(self._read_replies()),
             asyncio.create_task(self._watch_exit()),
@@ -107,16 +131,16 @@ class TemplateProcess:
             raise TemplateLost("template is not running")
         loop = asyncio.get_running_loop()
         forked: asyncio.Future[int] = loop.create_future()
+        self.last_used = time.monotonic()
         async with self._send_lock:
             self._pending_forks.append(forked)
             try:
                 await self._send_fds(list(pipes.child_fds))
             except OSError as exc:
-                self._pending_forks.remove(forked)
-                self._lost()
+                self._lost(f"cannot reach it: {exc}")
                 raise TemplateLost(f"cannot reach template: {exc}") from exc
-        self.last_used = time.monotonic()
         pid = await forked
+        self.forks += 1
         return ForkedChild(pid, self._exits[pid])
 
     async def _send_fds(self, fds: list[int]) -> None:
@@ -130,14 +154,17 @@ class TemplateProcess:
     async def _read_replies(self) -> None:
         assert self._reader is not None
         loop = asyncio.get_running_loop()
+        reason = "its control socket closed"
         try:
             while True:
                 frame = await read_frame_async(self._reader)
                 self._dispatch(frame, loop)
-        except (EndOfStream, FrameError, ConnectionError):
+        except (EndOfStream, ConnectionError):
             pass
+        except FrameError as exc:
+            reason = f"it broke its protocol ({exc})"
         finally:
-            self._lost()
+            self._lost(reason)
 
     def _dispatch(self, frame: Frame, loop: asyncio.AbstractEventLoop) -> None:
         kind = frame["t"]
@@ -166,19 +193,22 @@ class TemplateProcess:
             waiter.set_result(result)
 
     async def _watch_exit(self) -> None:
-        await wait_for_exit(self.pid)
-        self._lost()
+        exit_info = await wait_for_exit(self.pid)
+        self._lost(exit_info.describe() if exit_info is not None else "it ended")
 
-    def _lost(self) -> None:
+    def _lost(self, reason: str) -> None:
         """The template is gone: every waiter learns it now rather than hanging."""
         if not self.alive:
             return
         self.alive = False
+        if not self._stopping:
+            log.warning("template %s (pid %d) died: %s", self.python, self.pid, reason)
         while self._pending_forks:
-            self._resolve_next_fork(error=TemplateLost("template died before forking"))
+            self._resolve_next_fork(error=TemplateLost(f"template died before forking: {reason}"))
         for waiter in self._exits.values():
             if not waiter.done():
-                waiter.set_exception(TemplateLost("template died while the job ran"))
+                waiter.set_exception(TemplateLost(f"template died while the job ran: {reason}"))
+                waiter.exception()  # a job already gone may never await it; no warning then
         self._exits.clear()
 
     @property
@@ -187,7 +217,8 @@ class TemplateProcess:
 
     async def stop(self) -> None:
         """Close the control socket (the template then kills its jobs and leaves) and reap it."""
-        self._lost()
+        self._stopping = True
+        self._lost("stopped")
         if self._writer is not None:
             self._writer.close()
         self._control.close()
@@ -207,32 +238,56 @@ class TemplateProcess:
 class TemplatePool:
     """At most ``limit`` templates, keyed by interpreter; the least recently used stops first."""
 
-    def __init__(self, limit: int, preload: list[str], env: dict[str, str]) -> None:
+    def __init__(self, limit: int, preload: list[str], env: Mapping[str, str]) -> None:
         self._limit = max(1, limit)
         self._preload = preload
-        self._env = env
+        self._env = dict(env)
         self._templates: dict[str, TemplateProcess] = {}
         self._starting: dict[str, asyncio.Task[TemplateProcess]] = {}
+        self.started = 0  # templates started over the pool's life; tests and benchmarks read it
 
-    async def get(self, python: Path | str) -> TemplateProcess:
+    @property
+    def running(self) -> dict[str, TemplateProcess]:
+        """Live templates by interpreter path."""
+        return {key: t for key, t in self._templates.items() if t.alive}
+
+    async def fork(
+        self, python: Path | str, pipes: JobPipes, env: Mapping[str, str] | None = None
+    ) -> ForkedChild:
+        """Fork a job child from ``python``'s template, starting (or restarting) it if needed.
+
+        ``env`` is the environment a template started here gets (a job's, less its marks); an
+        already running template keeps its own. Raises :class:`TemplateLost`.
+        """
+        template = await self.get(python, env)
+        if not template.alive:  # stopped (over the limit) while we waited: one more try
+            template = await self.get(python, env)
+        return await template.fork(pipes)
+
+    async def get(
+        self, python: Path | str, env: Mapping[str, str] | None = None
+    ) -> TemplateProcess:
         key = str(python)
         template = self._templates.get(key)
         if template is not None and template.alive:
+            template.last_used = time.monotonic()
             return template
         if template is not None:
             log.info("template for %s died; starting a new one", key)
             self._templates.pop(key)
             await template.stop()
         if key not in self._starting:
-            self._starting[key] = asyncio.create_task(self._start(key))
+            self._starting[key] = asyncio.create_task(self._start(key, env or self._env))
+        starting = self._starting[key]
         try:
-            return await asyncio.shield(self._starting[key])
+            return await asyncio.shield(starting)
         finally:
-            if self._starting.get(key) is not None and self._starting[key].done():
-                self._starting.pop(key, None)
+            if starting.done() and self._starting.get(key) is starting:
+                del self._starting[key]
 
-    async def _start(self, key: str) -> TemplateProcess:
-        template = await TemplateProcess.start(key, self._preload, self._env)
+    async def _start(self, key: str, env: Mapping[str, str]) -> TemplateProcess:
+        template = await TemplateProcess.start(key, self._preload, env)
+        self.started += 1
         self._templates[key] = template
         await self._evict_over_limit()
         return template

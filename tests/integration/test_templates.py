@@ -1,0 +1,395 @@
+"""Warm templates: jobs forked from them are isolated, and templates come and go as they should.
+
+Lifecycle: the base template is warm when the supervisor is; other envs get theirs on first use,
+keyed by interpreter; the count is bounded (least recently used idle one stops first); a template
+that dies is replaced, and a job caught by its death runs again on a fresh spawn, saying so.
+No timing is asserted here: ``benchmarks/`` measures, tests check behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from tests.helpers import function_request, make_settings
+from tests.wheelhouse import make_wheelhouse
+
+from sandvisor.protocol.models import FunctionResponse
+from sandvisor.supervisor.core import Supervisor
+from sandvisor.supervisor.events import LogEvent
+from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.templates import TemplatePool, TemplateProcess
+
+BASE = sys.executable
+
+WHO_AM_I = """
+import os, sys
+def main():
+    return {
+        "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
+        "python": sys.executable, "forked": "sandvisor.sandbox_child.template" in sys.modules,
+    }
+"""
+
+
+@pytest.fixture
+async def sup(settings: Settings) -> AsyncIterator[Supervisor]:
+    async with Supervisor(settings) as running:
+        yield running
+
+
+def pool_of(sup: Supervisor) -> TemplatePool:
+    assert sup.templates is not None
+    return sup.templates
+
+
+def template_of(sup: Supervisor, python: str = BASE) -> TemplateProcess:
+    return pool_of(sup).running[python]
+
+
+async def ok(sup: Supervisor, request: dict[str, Any]) -> Any:
+    response = await sup.run(request)
+    assert response.success, response.error
+    return response.json_result
+
+
+async def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
+# -- a forked child is isolated, as a spawned one is -----------------------------------------------
+
+
+async def test_base_template_is_warm_before_the_first_job(sup: Supervisor) -> None:
+    template = template_of(sup)
+    assert psutil.Process(template.pid).is_running()
+    who = await ok(sup, function_request(WHO_AM_I))
+    assert who["forked"] and who["ppid"] == template.pid
+    assert pool_of(sup).started == 1
+
+
+async def test_forked_child_has_its_own_session_and_group(sup: Supervisor) -> None:
+    who = await ok(sup, function_request(WHO_AM_I))
+    assert who["pgid"] == who["sid"] == who["pid"]
+    template = psutil.Process(template_of(sup).pid)
+    assert who["sid"] != os.getsid(template.pid) and who["sid"] != os.getsid(0)
+
+
+async def test_forked_child_gets_the_jobs_scrubbed_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNPOD_API_KEY", "secret-key")
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", "secret-token")
+    monkeypatch.setenv("HARMLESS_SETTING", "kept")
+    code = "import os\ndef main():\n    return dict(os.environ)\n"
+    async with Supervisor(make_settings(tmp_path / "home")) as sup:
+        response = await sup.run(function_request(code), job_id="envjob")
+        template_env = psutil.Process(template_of(sup).pid).environ()
+    assert response.success, response.error
+    env = response.json_result
+    assert "RUNPOD_API_KEY" not in env and "SOME_SERVICE_TOKEN" not in env
+    assert env["HARMLESS_SETTING"] == "kept"
+    assert env["SANDVISOR_JOB_ID"] == "envjob"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    # The template itself holds no secret and belongs to no job.
+    assert "RUNPOD_API_KEY" not in template_env and "SANDVISOR_JOB_ID" not in template_env
+
+
+async def test_forked_child_works_in_its_private_dir_under_its_limits(
+    sup: Supervisor, settings: Settings
+) -> None:
+    code = textwrap.dedent(
+        """
+        import os, resource
+        def main():
+            return {
+                "cwd": os.getcwd(),
+                "files": os.listdir("."),
+                "mode": oct(os.stat(".").st_mode & 0o777),
+                "limits": {name: list(resource.getrlimit(getattr(resource, name)))
+                           for name in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_AS")},
+                "oom": open("/proc/self/oom_score_adj").read().strip(),
+            }
+        """
+    )
+    response = await sup.run(function_request(code), job_id="limitsjob")
+    assert response.success, response.error
+    result = response.json_result
+    assert result["cwd"] == str(settings.jobs_dir / "limitsjob")
+    assert result["files"] == [] and result["mode"] == "0o700"
+    expected = Limits.resolve(settings).rlimits()
+    for name, pair in expected.items():
+        assert result["limits"][name] == list(pair), name
+    assert result["oom"] == "1000"
+    # The template keeps the limits it started with: what a job sets stays in the job.
+    template = psutil.Process(template_of(sup).pid)
+    assert template.rlimit(resource.RLIMIT_NOFILE) == resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+LEAVE_TRACES = """
+import builtins, json, os, sys, types
+def main():
+    json.LEFT_BY_A_JOB = True
+    builtins.LEFT_BY_A_JOB = True
+    sys.modules["left_by_a_job"] = types.ModuleType("left_by_a_job")
+    sys.path.append("/left/by/a/job")
+    os.environ["LEFT_BY_A_JOB"] = "1"
+    os.chdir(os.getcwd())
+    with open("left_by_a_job.txt", "w") as handle:
+        handle.write("x")
+    import logging
+    logging.getLogger("left").addHandler(logging.NullHandler())
+    return os.getpid()
+"""
+
+LOOK_FOR_TRACES = """
+import builtins, json, logging, os, sys
+def main():
+    return {
+        "module_global": hasattr(json, "LEFT_BY_A_JOB"),
+        "builtin": hasattr(builtins, "LEFT_BY_A_JOB"),
+        "sys_modules": "left_by_a_job" in sys.modules,
+        "sys_path": "/left/by/a/job" in sys.path,
+        "env": "LEFT_BY_A_JOB" in os.environ,
+        "files": os.listdir("."),
+        "logger": bool(logging.getLogger("left").handlers),
+        "job_module": "shipped_helper" in sys.modules,
+    }
+"""
+
+
+async def test_nothing_of_one_job_is_visible_to_the_next(sup: Supervisor) -> None:
+    shipped = {"modules": {"shipped_helper.py": "VALUE = 1\n"}}
+    first = function_request("import shipped_helper\n" + LEAVE_TRACES, **shipped)
+    for _ in range(3):
+        await ok(sup, first)
+        traces = await ok(sup, function_request(LOOK_FOR_TRACES))
+        assert traces == {
+            "module_global": False,
+            "builtin": False,
+            "sys_modules": False,
+            "sys_path": False,
+            "env": False,
+            "files": [],
+            "logger": False,
+            "job_module": False,
+        }
+
+
+async def test_the_template_never_runs_user_code(sup: Supervisor) -> None:
+    template = psutil.Process(template_of(sup).pid)
+    before = template.memory_info().rss
+    await ok(sup, function_request("X = [0] * 10_000_000\ndef main():\n    return len(X)\n"))
+    assert template.memory_info().rss < before + 40 * 1024 * 1024  # the 80 MB list was the child's
+    assert template.children() == []  # its jobs are gone: no job state held
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+SLEEPER = """
+import os, sys, time
+def main():
+    print(f"started in {os.getpid()}", flush=True)
+    time.sleep(1.0)
+    return {"pid": os.getpid(), "ppid": os.getppid()}
+"""
+
+
+async def test_template_killed_mid_job_the_job_is_retried_on_a_fresh_spawn(
+    sup: Supervisor,
+) -> None:
+    old = template_of(sup)
+    events: list[LogEvent] = []
+    response: FunctionResponse | None = None
+    first_pid = 0
+    async for item in sup.stream(function_request(SLEEPER)):
+        if isinstance(item, FunctionResponse):
+            response = item
+            continue
+        events.append(item)
+        if item.stream == "stdout" and not first_pid:
+            first_pid = int(item.text.split()[-1])  # the job is running: kill its template
+            os.kill(old.pid, signal.SIGKILL)
+    assert response is not None and response.success, response and response.error
+    assert response.timings is not None and response.timings["retried"] == 1.0
+    said = [e.text for e in events if e.stream == "system"]
+    assert len(said) == 1 and "template lost" in said[0] and "fresh interpreter" in said[0]
+    assert "[sandvisor] template lost" in (response.stdout or "")
+    # The retry was a fresh interpreter, not a fork; the first attempt's child is gone.
+    assert response.json_result["pid"] != first_pid
+    assert response.json_result["ppid"] == os.getpid()
+    await wait_until(lambda: not psutil.pid_exists(first_pid) or _is_zombie(first_pid))
+    # The next job gets a new template.
+    who = await ok(sup, function_request(WHO_AM_I))
+    new = template_of(sup)
+    assert new.pid != old.pid and who["ppid"] == new.pid and who["forked"]
+    assert pool_of(sup).started == 2
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_template_dead_between_jobs_is_restarted_without_a_retry(sup: Supervisor) -> None:
+    old = template_of(sup)
+    os.kill(old.pid, signal.SIGKILL)
+    await wait_until(lambda: not old.alive)
+    response = await sup.run(function_request(WHO_AM_I))
+    assert response.success, response.error
+    assert response.timings is not None and "retried" not in response.timings
+    assert response.json_result["ppid"] == template_of(sup).pid != old.pid
+
+
+async def test_many_jobs_in_flight_when_the_template_dies_all_succeed(sup: Supervisor) -> None:
+    template = template_of(sup)
+    jobs = [asyncio.ensure_future(sup.run(function_request(SLEEPER))) for _ in range(5)]
+    await wait_until(lambda: len(psutil.Process(template.pid).children()) == 5)
+    os.kill(template.pid, signal.SIGKILL)
+    responses = await asyncio.gather(*jobs)
+    assert all(r.success for r in responses), [r.error for r in responses]
+    assert all(r.timings and r.timings["retried"] == 1.0 for r in responses)
+
+
+async def test_supervisor_exit_stops_the_template_and_its_jobs(settings: Settings) -> None:
+    async with Supervisor(settings) as sup:
+        template = psutil.Process(template_of(sup).pid)
+        job = asyncio.ensure_future(sup.run(function_request(SLEEPER)))
+        await wait_until(lambda: len(template.children()) == 1)
+        child = template.children()[0]
+    assert job.done() and not job.result().success
+    assert not template.is_running() and not child.is_running()
+
+
+# -- one template per env, bounded, least recently used first --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture
+def offline(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    return wheelhouse
+
+
+TINY = """
+import os, sys, tinypkg
+def main():
+    return {"version": tinypkg.__version__, "python": sys.executable, "ppid": os.getppid()}
+"""
+
+
+async def test_each_env_gets_its_own_template_and_the_bound_holds(
+    tmp_path: Path, offline: Path
+) -> None:
+    settings = make_settings(tmp_path / "home", max_templates=2)
+    async with Supervisor(settings) as sup:
+        pool = pool_of(sup)
+        one = await sup.run(function_request(TINY, dependencies=["tinypkg==1.0"]))
+        assert one.success, one.error
+        assert one.json_result["version"] == "1.0" and one.json_result["python"] != BASE
+        env_one = one.json_result["python"]
+        assert pool.running[env_one].pid == one.json_result["ppid"]
+        assert one.timings is not None and one.timings["env"] > 0
+        assert set(pool.running) == {BASE, env_one}
+        # Again: the same template, no new start.
+        again = await ok(sup, function_request(TINY, dependencies=["tinypkg==1.0"]))
+        assert again["ppid"] == one.json_result["ppid"] and pool.started == 2
+        # A third env: the bound is two, so the least recently used (the base) stops.
+        two = await ok(sup, function_request(TINY, dependencies=["tinypkg==2.0"]))
+        assert two["version"] == "2.0"
+        assert set(pool.running) == {env_one, two["python"]}
+        # The base template comes back on its next use, and pushes out the oldest again.
+        who = await ok(sup, function_request(WHO_AM_I))
+        assert who["forked"] and set(pool.running) == {BASE, two["python"]}
+
+
+async def test_a_template_with_jobs_in_flight_is_never_stopped(
+    tmp_path: Path, offline: Path
+) -> None:
+    settings = make_settings(tmp_path / "home", max_templates=1)
+    async with Supervisor(settings) as sup:
+        base = template_of(sup)
+        sleeping = asyncio.ensure_future(sup.run(function_request(SLEEPER)))
+        await wait_until(lambda: base.busy)
+        other = await ok(sup, function_request(TINY, dependencies=["tinypkg==1.0"]))
+        assert base.alive, "the busy base template was stopped"
+        response = await sleeping
+        assert response.success and "retried" not in (response.timings or {})
+        assert response.json_result["ppid"] == base.pid
+        # Once idle, the next start trims the pool back to its bound.
+        await ok(sup, function_request(TINY, dependencies=["tinypkg==2.0"]))
+        assert len(pool_of(sup).running) == 1 and other["ppid"] != base.pid
+
+
+# -- preloads --------------------------------------------------------------------------------------
+
+PROBE = """
+import os
+with open(os.environ["PRELOAD_RECORD"], "a") as handle:
+    handle.write(f"{os.getpid()}\\n")
+"""
+
+USES_PROBE = """
+import os, sys
+def main():
+    was_loaded = "sv_preload_probe" in sys.modules
+    import sv_preload_probe
+    return {"was_loaded": was_loaded, "ppid": os.getppid()}
+"""
+
+
+@pytest.fixture
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny module on PYTHONPATH that records each import (by pid) in a file."""
+    modules = tmp_path / "preloads"
+    modules.mkdir()
+    (modules / "sv_preload_probe.py").write_text(PROBE)
+    record = tmp_path / "imports.txt"
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+    monkeypatch.setenv("PRELOAD_RECORD", str(record))
+    return record
+
+
+async def test_preload_is_imported_once_in_the_template_not_per_job(
+    tmp_path: Path, probe: Path
+) -> None:
+    settings = Settings.from_env(
+        environ={"SANDVISOR_PRELOAD": "sv_preload_probe, no_such_module_anywhere"},
+        home=tmp_path / "home",
+        gpus="",
+    )
+    assert settings.preload == ["sv_preload_probe", "no_such_module_anywhere"]
+    async with Supervisor(settings) as sup:
+        template = template_of(sup)
+        assert template.preloaded == ["sv_preload_probe"]  # the missing one is only a warning
+        results = [await ok(sup, function_request(USES_PROBE)) for _ in range(3)]
+    assert all(r["was_loaded"] and r["ppid"] == template.pid for r in results)
+    assert probe.read_text().split() == [str(template.pid)]
+
+
+async def test_without_preload_each_job_imports_for_itself(
+    tmp_path: Path, probe: Path, sup: Supervisor
+) -> None:
+    results = [await ok(sup, function_request(USES_PROBE)) for _ in range(2)]
+    assert not any(r["was_loaded"] for r in results)
+    assert len(probe.read_text().split()) == 2
