@@ -289,6 +289,19 @@ class Supervisor:
         )
 
     def _schedule_cleanup(self, workdir: Any) -> None:
+        # After the response is on its way: the caller does not wait for the dir to go.
+        asyncio.get_running_loop().call_soon(self._remove_workdir, workdir)
+
+    def _remove_workdir(self, workdir: Any) -> None:
+        # Most jobs leave their dir empty (or never made it): one rmdir here is far cheaper than
+        # a thread hand-off; only a dir with files in it is removed on a worker thread.
+        try:
+            os.rmdir(workdir)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
         task = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, workdir, True))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,16 @@ class Timings:
         }
 
 
+def send_ahead(channel: socket.socket, frame: bytes) -> bytes:
+    """Write what fits of ``frame`` now, without blocking; returns what is left to send."""
+    channel.setblocking(False)
+    try:
+        sent = channel.send(frame)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    return frame[sent:]
+
+
 class JobRun:
     """Runs one JobSpec; ``stop()`` may be called from anywhere to end it early."""
 
@@ -168,9 +179,12 @@ class JobRun:
     async def _attempt(self, use_template: bool) -> Report:
         pipes = JobPipes.create()
         try:
+            # The job frame is in the channel before the child exists: it reads it as soon as it
+            # starts, rather than after a round trip that tells us its pid.
+            unsent = send_ahead(pipes.channel, encode_frame(self.spec.job_frame()))
             exited = await self._launch(pipes, use_template)
             pipes.close_child_ends()
-            return await self._supervise(pipes, exited)
+            return await self._supervise(pipes, exited, unsent)
         finally:
             pipes.close()
 
@@ -186,7 +200,9 @@ class JobRun:
         self.timings.launched = time.monotonic()
         return exited
 
-    async def _supervise(self, pipes: JobPipes, exited: asyncio.Future[ExitInfo | None]) -> Report:
+    async def _supervise(
+        self, pipes: JobPipes, exited: asyncio.Future[ExitInfo | None], unsent: bytes
+    ) -> Report:
         assert self.pid is not None
         report = Report()
         loop = asyncio.get_running_loop()
@@ -197,8 +213,9 @@ class JobRun:
         # The stream readers own those fds from here on (their transports close them).
         pipes.stdout_r = pipes.stderr_r = -1
         try:
-            with contextlib.suppress(OSError):
-                await loop.sock_sendall(pipes.channel, encode_frame(self.spec.job_frame()))
+            if unsent:  # a frame larger than the socket buffer: the rest, as the child reads
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(pipes.channel, unsent)
             readers.append(asyncio.ensure_future(self._read_frames(pipes, report)))
             report.exit = await self._wait_or_stop(exited, report)
             report.exit_known = report.exit is not None

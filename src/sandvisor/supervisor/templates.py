@@ -64,7 +64,7 @@ class TemplateProcess:
         self._control = control
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._pending_forks: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._pending_forks: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
         self._exits: dict[int, asyncio.Future[ExitInfo | None]] = {}
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,7 +130,7 @@ class TemplateProcess:
         if not self.alive:
             raise TemplateLost("template is not running")
         loop = asyncio.get_running_loop()
-        forked: asyncio.Future[int] = loop.create_future()
+        forked: asyncio.Future[ForkedChild] = loop.create_future()
         self.last_used = time.monotonic()
         async with self._send_lock:
             self._pending_forks.append(forked)
@@ -139,9 +139,9 @@ class TemplateProcess:
             except OSError as exc:
                 self._lost(f"cannot reach it: {exc}")
                 raise TemplateLost(f"cannot reach template: {exc}") from exc
-        pid = await forked
+        child = await forked
         self.forks += 1
-        return ForkedChild(pid, self._exits[pid])
+        return child
 
     async def _send_fds(self, fds: list[int]) -> None:
         while True:
@@ -169,8 +169,11 @@ class TemplateProcess:
     def _dispatch(self, frame: Frame, loop: asyncio.AbstractEventLoop) -> None:
         kind = frame["t"]
         if kind == "forked":
-            self._exits[frame["pid"]] = loop.create_future()
-            self._resolve_next_fork(result=frame["pid"])
+            # The exit future travels with the pid: a quick job may be reaped (and its exit
+            # frame read) before the task that asked for the fork runs again.
+            exited: asyncio.Future[ExitInfo | None] = loop.create_future()
+            self._exits[frame["pid"]] = exited
+            self._resolve_next_fork(result=ForkedChild(frame["pid"], exited))
         elif kind == "fork_failed":
             self._resolve_next_fork(
                 error=TemplateLost(f"template could not fork: {frame.get('error')}")
@@ -181,7 +184,9 @@ class TemplateProcess:
                 info = ExitInfo(frame["status"], frame["maxrss_kb"], frame["utime"], frame["stime"])
                 waiter.set_result(info)
 
-    def _resolve_next_fork(self, result: int | None = None, error: Exception | None = None) -> None:
+    def _resolve_next_fork(
+        self, result: ForkedChild | None = None, error: Exception | None = None
+    ) -> None:
         if not self._pending_forks:
             return
         waiter = self._pending_forks.popleft()
