@@ -65,18 +65,19 @@ def worker_env(api: FakeRunPod, home: Path, extra: dict[str, str]) -> dict[str, 
     env |= api.worker_env() | {
         "SANDVISOR_HOME": str(home),
         "SANDVISOR_GPUS": "",
-        "RUNPOD_LOG_LEVEL": "WARN",
+        "RUNPOD_LOG_LEVEL": "ERROR",
     }
     return env | extra
 
 
 def measure(label: str, jobs: int, home: Path, extra: dict[str, str]) -> Figures:
-    with FakeRunPod(hold_s=1.0, lifetime_s=600) as api:
+    log_path = home.parent / "serve.log"
+    with FakeRunPod(hold_s=1.0, lifetime_s=600) as api, log_path.open("wb") as log:
         worker = subprocess.Popen(
             [SANDVISOR, "serve"],
             env=worker_env(api, home, extra),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -92,6 +93,10 @@ def measure(label: str, jobs: int, home: Path, extra: dict[str, str]) -> Figures
                 (api.jobs[i].done_at - api.jobs[i].taken_at[0]) * 1000  # type: ignore[operator]
                 for i in ids
             ]
+        except BaseException:
+            print(f"{label} failed; the worker's log ends with:", file=sys.stderr)
+            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             try:
