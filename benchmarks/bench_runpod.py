@@ -1,6 +1,7 @@
 """The RunPod worker: trivial jobs per second through runpod-python's real worker loop.
 
     uv run python benchmarks/bench_runpod.py [--jobs 40] [--baseline-jobs 8]
+    (also a part of ``python -m benchmarks`` / ``just bench``, with 40 and 5 jobs)
 
 ``sandvisor serve`` runs in queue mode against the local fake of RunPod's job API
 (tests/e2e/fake_runpod.py) with a trivial job (``return x``). For each setting:
@@ -26,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e.fake_runpod import FakeRunPod
@@ -108,6 +110,60 @@ def measure(label: str, jobs: int, home: Path, extra: dict[str, str]) -> Figures
     return Figures(label, concurrency, jobs, seconds, spans)
 
 
+def default_concurrency_here() -> int:
+    from sandvisor.supervisor.runpod import default_concurrency
+    from sandvisor.supervisor.settings import Settings
+
+    return default_concurrency(Settings.from_env(environ={}, gpus=""))
+
+
+def measure_all(jobs: int, baseline_jobs: int) -> list[Figures]:
+    """sandvisor's defaults, prompt take at concurrency 1, runpod's stock loop at 1 (last)."""
+    with tempfile.TemporaryDirectory(prefix="bench-runpod-") as tmp:
+        home = Path(tmp) / "home"
+        return [
+            measure("sandvisor defaults", jobs, home, {}),
+            measure("prompt take", jobs, home, {"SANDVISOR_CONCURRENCY": "1"}),
+            measure(
+                "runpod's stock loop (baseline)",
+                baseline_jobs,
+                home,
+                {"SANDVISOR_CONCURRENCY": "1", "SANDVISOR_RUNPOD_PROMPT_TAKE": "false"},
+            ),
+        ]
+
+
+async def rows() -> list[Any]:
+    """The figures as rows of ``python -m benchmarks`` (``just bench``)."""
+    import asyncio
+
+    from benchmarks.common import Row
+
+    defaults, prompt, stock = await asyncio.to_thread(measure_all, 40, 5)
+    ms = statistics.median(prompt.take_to_done_ms)
+    return [
+        Row(
+            "runpod",
+            f"trivial jobs/s via runpod's worker loop, default concurrency "
+            f"({default_concurrency_here()})",
+            f"{defaults.rate:.1f}/s",
+            note=f"{defaults.rate / stock.rate:.0f}x runpod's stock loop at concurrency 1",
+        ),
+        Row(
+            "runpod",
+            "trivial jobs/s via runpod's worker loop, concurrency 1",
+            f"{prompt.rate:.1f}/s",
+            note=f"{prompt.rate / stock.rate:.0f}x the stock loop; take->done median {ms:.1f} ms",
+        ),
+        Row(
+            "runpod",
+            "baseline: runpod-python's stock loop, concurrency 1",
+            f"{stock.rate:.1f}/s",
+            note=f"take->done median {statistics.median(stock.take_to_done_ms):.1f} ms",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40, help="jobs per setting")
@@ -115,23 +171,11 @@ def main() -> None:
         "--baseline-jobs", type=int, default=8, help="jobs for runpod's stock loop (~1/s)"
     )
     options = parser.parse_args()
-    from sandvisor.supervisor.runpod import default_concurrency
-    from sandvisor.supervisor.settings import Settings
-
-    default = default_concurrency(Settings.from_env(environ={}, gpus=""))
-    with tempfile.TemporaryDirectory(prefix="bench-runpod-") as tmp:
-        home = Path(tmp) / "home"
-        runs = [
-            measure("sandvisor defaults", options.jobs, home, {}),
-            measure("prompt take", options.jobs, home, {"SANDVISOR_CONCURRENCY": "1"}),
-            measure(
-                "runpod's stock loop (baseline)",
-                options.baseline_jobs,
-                home,
-                {"SANDVISOR_CONCURRENCY": "1", "SANDVISOR_RUNPOD_PROMPT_TAKE": "false"},
-            ),
-        ]
-    print(f"trivial jobs through runpod-python's worker loop (default concurrency here: {default})")
+    runs = measure_all(options.jobs, options.baseline_jobs)
+    print(
+        "trivial jobs through runpod-python's worker loop "
+        f"(default concurrency here: {default_concurrency_here()})"
+    )
     for figures in runs:
         print("  " + figures.line())
     baseline = runs[-1].rate
