@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -49,9 +50,28 @@ def start_api(tmp: Path, wheelhouse: Path | None = None, **extra: str) -> tuple[
     return server, url
 
 
+def write_app(app: Path) -> Path:
+    """A deployed Flash app: its module and the manifest `flash build` writes beside it."""
+    (app / "workers").mkdir(parents=True)
+    (app / "workers" / "__init__.py").write_text("")
+    (app / "workers" / "text.py").write_text(
+        "def count_words(text):\n    print('counting')\n    return len(text.split())\n"
+    )
+    function = {"name": "count_words", "module": "workers.text", "is_async": False}
+    manifest = {
+        "version": "1.0",
+        "project_name": "demo",
+        "resources": {"cpu_worker": {"module_path": "workers.text", "functions": [function]}},
+        "function_registry": {"count_words": "cpu_worker"},
+    }
+    (app / "flash_manifest.json").write_text(json.dumps(manifest))
+    return app
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[str]:
-    server, url = start_api(tmp_path_factory.mktemp("api"), wheelhouse)
+    tmp = tmp_path_factory.mktemp("api")
+    server, url = start_api(tmp, wheelhouse, SANDVISOR_APP_DIR=str(write_app(tmp / "app")))
     yield url
     left = server.stop()
     assert not left, f"processes left behind: {left}"
@@ -98,6 +118,21 @@ def test_a_crash_then_a_normal_job(api: str) -> None:
     answer = post_json(f"{api}/runsync", {"input": request_for("def main():\n    return 'fine'\n")})
     assert answer["status"] == "COMPLETED", answer
     assert answer["output"]["json_result"] == "fine"
+
+
+def test_a_deployed_function_runs_from_the_app_directory(api: str) -> None:
+    job = {
+        "function_name": "count_words",
+        "args": ["one two three"],
+        "serialization_format": "json",
+    }
+    answer = post_json(f"{api}/runsync", {"input": job})
+    assert answer["status"] == "COMPLETED", answer
+    assert answer["output"]["json_result"] == 3
+    assert answer["output"]["stdout"] == "counting\n"
+    answer = post_json(f"{api}/runsync", {"input": job | {"function_name": "nope"}})
+    assert answer["status"] == "FAILED"
+    assert "'nope' is not a function of the deployed app" in answer["error"]
 
 
 def test_an_invalid_request_fails_with_a_clear_error(api: str) -> None:
