@@ -30,11 +30,11 @@ def modules() -> list[str]:
 async def collect(names: list[str]) -> list[Row]:
     rows: list[Row] = []
     for name in names:
-        module = importlib.import_module(f"benchmarks.{name}")
-        if not hasattr(module, "rows"):
-            continue
         started = time.perf_counter()
         try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            if not hasattr(module, "rows"):
+                continue  # a standalone benchmark: python -m benchmarks.<name>
             rows += await module.rows()
         except Exception as exc:  # one broken figure must not hide the others
             rows.append(Row("?", name, "-", note=f"failed: {type(exc).__name__}: {exc}"))

@@ -72,6 +72,7 @@ class TemplateProcess:
         self.alive = True
         self.last_used = time.monotonic()
         self.preloaded: list[str] = []
+        self.cuda_initialized = False  # a preload did it on import: jobs then cannot use CUDA
         self.forks = 0
 
     @classmethod
@@ -114,7 +115,8 @@ class TemplateProcess:
         self.preloaded = list(ready.get("preloaded", []))
         for name, error in (ready.get("preload_failed") or {}).items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
-        if ready.get("cuda_initialized"):
+        self.cuda_initialized = bool(ready.get("cuda_initialized"))
+        if self.cuda_initialized:
             log.warning(
                 "template %s: a preload initialized CUDA on import; jobs forked from it cannot "
                 "use CUDA (take that module out of SANDVISOR_PRELOAD)",
