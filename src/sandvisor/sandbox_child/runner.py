@@ -116,35 +116,48 @@ def lookup(namespace: dict[str, Any], name: str, what: str, source: str) -> Any:
 def resolve_callable(
     request: dict[str, Any], job: dict[str, Any], user_files: set[str]
 ) -> Callable[..., Any]:
-    fmt = request.get("serialization_format", "cloudpickle")
+    if request.get("execution_type", "function") != "class":
+        namespace, origin = load_namespace(request, job, user_files)
+        return lookup(namespace, request["function_name"], "function_name", origin)
+    return bound_method(create_instance(request, job, user_files), request)
+
+
+def load_namespace(
+    request: dict[str, Any], job: dict[str, Any], user_files: set[str]
+) -> tuple[dict[str, Any], str]:
+    """The namespace the request's code defines (its source, or the deployed module), and a label."""
     is_class = request.get("execution_type", "function") == "class"
     code_field = "class_code" if is_class else "function_code"
     source = request.get(code_field)
     if source is not None:
-        namespace = load_source(source, code_field, user_files)
-        origin = code_field
-    elif job.get("module"):
+        return load_source(source, code_field, user_files), code_field
+    if job.get("module"):
         namespace = import_deployed(job["module"], job.get("sys_path", []), user_files)
-        origin = f"module {job['module']}"
-    else:
-        raise invalid(f"request has no {code_field} and names no deployed module")
-    if not is_class:
-        return lookup(namespace, request["function_name"], "function_name", origin)
+        return namespace, f"module {job['module']}"
+    raise invalid(f"request has no {code_field} and names no deployed module")
+
+
+def create_instance(request: dict[str, Any], job: dict[str, Any], user_files: set[str]) -> Any:
+    """Load the class and construct it with the request's constructor arguments."""
+    namespace, origin = load_namespace(request, job, user_files)
     cls = lookup(namespace, request["class_name"], "class_name", origin)
     ctor_args, ctor_kwargs = decode_or_fail(
         request.get("constructor_args", []),
         request.get("constructor_kwargs", {}),
-        fmt,
+        request.get("serialization_format", "cloudpickle"),
         "constructor_args",
     )
     try:
-        instance = cls(*ctor_args, **ctor_kwargs)
+        return cls(*ctor_args, **ctor_kwargs)
     except Exception as exc:
         raise user_failure(exc, user_files) from None
+
+
+def bound_method(instance: Any, request: dict[str, Any]) -> Callable[..., Any]:
     method_name = request.get("method_name", "__call__")
     if not hasattr(instance, method_name):
         raise invalid(
-            f"method_name {method_name!r} is not a method of class {request['class_name']!r}"
+            f"method_name {method_name!r} is not a method of class {type(instance).__name__!r}"
         )
     return getattr(instance, method_name)
 
@@ -157,12 +170,18 @@ def decode_or_fail(args: Any, kwargs: Any, fmt: str, what: str) -> tuple[list[An
 
 
 def call(
-    function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], user_files: set[str]
+    function: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    user_files: set[str],
+    runner: asyncio.Runner | None = None,
 ) -> Any:
+    """Call it; an awaitable result is run to completion on ``runner``'s loop (else a new one)."""
     try:
         value = function(*args, **kwargs)
         if inspect.isawaitable(value):
-            value = asyncio.run(_awaited(value))
+            run = runner.run if runner is not None else asyncio.run
+            value = run(_awaited(value))
     except Exception as exc:
         raise user_failure(exc, user_files) from None
     return value
@@ -206,14 +225,7 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
     user_files: set[str] = set()
     request = job["request"]
     try:
-        enter_workdir(job["workdir"], request.get("modules") or {})
-    except ModulePathError as exc:
-        report_failure(channel, invalid(str(exc)))
-        return
-    except OSError as exc:
-        report_failure(channel, invalid(f"cannot prepare the job's working dir: {exc}"))
-        return
-    try:
+        enter_job_workdir(job)
         fmt = request.get("serialization_format", "cloudpickle")
         function = resolve_callable(request, job, user_files)
         args, kwargs = decode_or_fail(
@@ -230,6 +242,15 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
     if job.get("display"):
         frame["display"] = display_of(value)
     channel.send(frame)
+
+
+def enter_job_workdir(job: dict[str, Any]) -> None:
+    try:
+        enter_workdir(job["workdir"], job["request"].get("modules") or {})
+    except ModulePathError as exc:
+        raise invalid(str(exc)) from None
+    except OSError as exc:
+        raise invalid(f"cannot prepare the job's working dir: {exc}") from None
 
 
 def report_failure(channel: Channel, failure: JobFailure) -> None:
@@ -268,7 +289,13 @@ def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
         isolation.line_buffered_stdio()
         install_log_forwarding(channel)
-        execute(job, channel)
+        if job.get("actor"):
+            # Imported here: the actor loop builds on this module.
+            from sandvisor.sandbox_child.actor import serve_actor
+
+            serve_actor(job, channel)
+        else:
+            execute(job, channel)
         logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.events import LogEvent
+from sandvisor.supervisor.instances import InstanceRegistry
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits, LimitsError
 from sandvisor.supervisor.manifest import DeployedAppError, resolve_deployed
@@ -85,6 +86,7 @@ class Supervisor:
         self._base_env: dict[str, str] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self.envs = EnvStore(self.settings)
+        self.instances: InstanceRegistry | None = None
 
     async def __aenter__(self) -> Supervisor:
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,8 @@ class Supervisor:
                 self.settings.max_templates, self.settings.preload, self._base_env
             )
             await self._templates.get(sys.executable)  # the base template is warm before any job
+        self.instances = InstanceRegistry(self.settings, self._templates, self.envs)
+        self.instances.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -102,6 +106,8 @@ class Supervisor:
             run.stop(ErrorType.CANCELLED, "cancelled: the supervisor is shutting down")
         while self._jobs:
             await asyncio.sleep(0.01)
+        if self.instances is not None:
+            await self.instances.close()  # before the templates their actors were forked from
         if self._templates is not None:
             await self._templates.close()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
@@ -191,6 +197,8 @@ class Supervisor:
             with lease:
                 spec.python = str(lease.python)
                 spec.env = lease.environ(spec.env)
+                if parsed.execution_type == "class" and self.instances is not None:
+                    return await self.instances.call(run, limits)
                 return await run.execute()
         except asyncio.CancelledError:
             raise

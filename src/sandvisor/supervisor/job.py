@@ -115,6 +115,20 @@ class Timings:
         }
 
 
+async def launch_child(
+    python: str, env: dict[str, str], pipes: JobPipes, templates: TemplatePool | None
+) -> tuple[int, asyncio.Future[ExitInfo | None]]:
+    """Fork a child from ``python``'s template when a pool is given, else spawn one: pid and exit.
+
+    Raises :class:`TemplateLost` when the template dies before forking; the caller may spawn.
+    """
+    if templates is not None:
+        child = await templates.fork(python, pipes, env)
+        return child.pid, child.exited
+    pid = spawn_job_child(python, pipes, env)
+    return pid, asyncio.ensure_future(wait_for_exit(pid))
+
+
 def send_ahead(channel: socket.socket, frame: bytes) -> bytes:
     """Write what fits of ``frame`` now, without blocking; returns what is left to send."""
     channel.setblocking(False)
@@ -167,10 +181,10 @@ class JobRun:
             self.retried = True
             await self.say(f"template lost ({exc}); running the job again on a fresh interpreter")
             report = await self._attempt(use_template=False)
-        return self._respond(report)
+        return self.respond(report)
 
     async def say(self, text: str) -> None:
-        await self._emit(
+        await self.emit(
             LogEvent("system", text if text.endswith("\n") else text + "\n", time.time())
         )
 
@@ -189,14 +203,8 @@ class JobRun:
             pipes.close()
 
     async def _launch(self, pipes: JobPipes, use_template: bool) -> asyncio.Future[ExitInfo | None]:
-        if use_template and self._templates is not None:
-            template = await self._templates.get(self.spec.python)
-            child = await template.fork(pipes)
-            self.pid = child.pid
-            exited: asyncio.Future[ExitInfo | None] = child.exited
-        else:
-            self.pid = spawn_job_child(self.spec.python, pipes, self.spec.env)
-            exited = asyncio.ensure_future(wait_for_exit(self.pid))
+        templates = self._templates if use_template else None
+        self.pid, exited = await launch_child(self.spec.python, self.spec.env, pipes, templates)
         self.timings.launched = time.monotonic()
         return exited
 
@@ -302,9 +310,9 @@ class JobRun:
         try:
             while chunk := await reader.read(READ_CHUNK):
                 if text := splitter.feed(chunk):
-                    await self._emit(LogEvent(stream, text, time.time()))
+                    await self.emit(LogEvent(stream, text, time.time()))
             if text := splitter.finish():
-                await self._emit(LogEvent(stream, text, time.time()))
+                await self.emit(LogEvent(stream, text, time.time()))
         finally:
             transport.close()
 
@@ -329,7 +337,7 @@ class JobRun:
         if kind == "log":
             level = str(frame.get("level", "INFO"))
             text = str(frame.get("msg", ""))
-            await self._emit(LogEvent("log", text, float(frame.get("ts", time.time())), level))
+            await self.emit(LogEvent("log", text, float(frame.get("ts", time.time())), level))
         elif kind == "running":
             self.timings.running = time.monotonic()
         elif kind == "result":
@@ -338,14 +346,16 @@ class JobRun:
         elif kind == "error":
             report.error = frame
 
-    async def _emit(self, event: LogEvent) -> None:
+    async def emit(self, event: LogEvent) -> None:
+        """An event of the job: into its response's output, and live to the caller."""
         self.output.append(event.as_output())
         if self._on_event is not None:
             await self._on_event(event)
 
     # -- response ------------------------------------------------------------------------------
 
-    def _respond(self, report: Report) -> FunctionResponse:
+    def respond(self, report: Report) -> FunctionResponse:
+        """The response for what the job reported: outcome, output, timings."""
         response = classify(report)
         if report.display is not None and response.success:
             response.result_display = report.display

@@ -1,0 +1,329 @@
+"""Class instances that persist across requests, each in its own actor process.
+
+    class request -> instance id (the request's, or ``ClassName_<8 hex>``)
+      -> live instance with that id and create_new_instance false: queue on it
+      -> otherwise: a new instance (recreated, and said so, when the caller expected one)
+      -> one call at a time per instance, in arrival order -> response with instance_info
+
+runpod-flash semantics, as worker-flash implements them: ``create_new_instance`` true always
+makes a new instance (replacing a live one of the same id once its queued calls are done);
+false reuses the live instance of that id, or creates it when there is none here. A caller that
+asked for an existing instance and gets a new one (evicted, crashed, timed out, or it lived on
+another worker) is told: ``instance_info["recreated"]`` is true and the output says why.
+
+Bounded, unlike worker-flash's dict: at most ``max_instances`` live, the least recently used idle
+one stopped first when a new one comes; an idle one stops after ``instance_ttl_s``. Only idle
+instances are stopped, so a burst of calls to more instances than the bound can hold goes over it
+for as long as they all have calls in flight; the count comes back down as they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sandvisor.protocol.models import FunctionResponse
+from sandvisor.supervisor.actor_process import ActorProcess, Exchange
+from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
+from sandvisor.supervisor.job import JobRun
+from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.outcome import Report
+from sandvisor.supervisor.proctree import JOB_ENV_VAR
+from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.templates import TemplatePool
+
+log = logging.getLogger(__name__)
+
+#: Ids of instances that are gone, kept to say why when a caller asks for one again.
+GONE_MEMORY = 4096
+NOT_HERE = "is not on this worker (new here, or it lived on another one)"
+
+
+def new_instance_id(class_name: str) -> str:
+    return f"{class_name}_{uuid.uuid4().hex[:8]}"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(eq=False)
+class Instance:
+    """One instance id's actor and its bookkeeping."""
+
+    instance_id: str
+    class_name: str
+    actor: ActorProcess
+    limits: Limits  # the creating request's: memory, processes and CPU hold for the actor's life
+    lease: EnvLease | None = None
+    created_at: str = field(default_factory=now_iso)
+    last_used: str = field(default_factory=now_iso)
+    last_used_at: float = field(default_factory=time.monotonic)
+    method_calls: int = 0
+    pending: int = 0  # calls queued or running
+    started: bool = False
+    retired: bool = False  # takes no new calls; stops when its queue is empty
+    gone: str | None = None  # why its actor is no longer usable
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: calls run in arrival order
+
+    def info(self, answer: dict[str, Any], recreated: bool) -> dict[str, Any]:
+        return {
+            "class_name": self.class_name,
+            "created_at": self.created_at,
+            "method_calls": self.method_calls,
+            "last_used": self.last_used,
+            "pid": answer.get("pid", self.actor.pid),
+            "memory": answer.get("memory"),
+            "recreated": recreated,
+            "alive": self.gone is None,
+        }
+
+
+class InstanceRegistry:
+    """The live instances of one Supervisor; ``call`` from any number of tasks."""
+
+    def __init__(
+        self, settings: Settings, templates: TemplatePool | None, envs: EnvStore | None
+    ) -> None:
+        self._settings = settings
+        self._templates = templates
+        self._envs = envs
+        self._live: collections.OrderedDict[str, Instance] = collections.OrderedDict()
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._all: set[Instance] = set()  # live and retiring: everything that has a process
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- public --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def close(self) -> None:
+        """Stop every actor (the Supervisor has already stopped the calls in flight)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        for instance in list(self._all):
+            self._retire(instance, "was stopped when the supervisor shut down")
+        while self._stopping:
+            await asyncio.gather(*list(self._stopping), return_exceptions=True)
+
+    @property
+    def live(self) -> dict[str, int | None]:
+        """Instance id -> actor pid, for status and tests."""
+        return {key: instance.actor.pid for key, instance in self._live.items()}
+
+    async def call(self, run: JobRun, limits: Limits) -> FunctionResponse:
+        """Run the request's method on its instance, creating the instance when needed."""
+        request = run.spec.request
+        class_name = str(request["class_name"])
+        asked_id = request.get("instance_id")
+        instance_id = asked_id or new_instance_id(class_name)
+        instance = self._live.get(instance_id)
+        if instance is not None and request.get("create_new_instance", True):
+            self._retire(instance, "was replaced by a request with create_new_instance")
+            instance = None
+        expected = bool(asked_id) and not request.get("create_new_instance", True)
+        while True:
+            why_new = None
+            if instance is None:
+                why_new = self._gone.get(instance_id, NOT_HERE) if expected else ""
+                instance = self._add(instance_id, class_name, run, limits)
+            instance.pending += 1
+            self._live.move_to_end(instance_id)
+            self._trim()
+            try:
+                async with instance.lock:
+                    if instance.gone is None:
+                        return await self._run_call(instance, run, limits, why_new)
+            finally:
+                instance.pending -= 1
+                self._after_call(instance)
+            # It went while this call waited its turn: the call goes to a new one.
+            expected = True
+            instance = self._live.get(instance_id)
+
+    # -- one call ------------------------------------------------------------------------------
+
+    async def _run_call(
+        self, instance: Instance, run: JobRun, limits: Limits, why_new: str | None
+    ) -> FunctionResponse:
+        started = time.monotonic()
+        run.timings.launched = started
+        recreated = bool(why_new)
+        actor_limits = self._actor_limits(instance, limits)
+        if not instance.started:
+            instance.started = True
+            await self._say_created(run, instance, why_new)
+            exchange = await instance.actor.start(run, actor_limits, started, run.stopped)
+            run.retried = instance.actor.retried_on_spawn
+            if exchange.answer != "created":
+                if exchange.answer == "error":  # the constructor raised: there never was one
+                    self._lose(instance, "its constructor failed")
+                return await self._respond(run, instance, exchange, recreated)
+        exchange = await instance.actor.call(
+            run.spec.request, run, actor_limits, started, run.stopped, display=run.spec.display
+        )
+        instance.method_calls += 1
+        return await self._respond(run, instance, exchange, recreated)
+
+    async def _say_created(self, run: JobRun, instance: Instance, why_new: str | None) -> None:
+        key = instance.instance_id
+        if why_new:
+            await run.say(
+                f"instance {key} {why_new}; recreating it from this request's constructor arguments"
+            )
+        else:
+            await run.say(f"creating instance {key} of class {instance.class_name}")
+
+    def _actor_limits(self, instance: Instance, call: Limits) -> Limits:
+        """The call's own wall time and sizes; the actor's memory, processes and CPU time."""
+        return dataclasses.replace(
+            call,
+            memory_bytes=instance.limits.memory_bytes,
+            max_procs=instance.limits.max_procs,
+            cpu_s=instance.limits.cpu_s,
+        )
+
+    async def _respond(
+        self, run: JobRun, instance: Instance, exchange: Exchange, recreated: bool
+    ) -> FunctionResponse:
+        run.timings.running = exchange.running_at
+        run.timings.finished = time.monotonic()
+        instance.last_used = now_iso()
+        instance.last_used_at = time.monotonic()
+        lost_now = exchange.answer is None or (instance.gone is None and not instance.actor.alive)
+        if lost_now:
+            self._lose(instance, self._death_words(exchange.report, instance.actor.death))
+            await run.say(f"instance {instance.instance_id} is gone: {instance.gone}")
+        response = run.respond(exchange.report)
+        if lost_now and response.error:
+            summary, sep, rest = response.error.partition("\n")
+            response.error = f"{summary}; instance {instance.instance_id} is gone{sep}{rest}"
+        return response.model_copy(
+            update={
+                "instance_id": instance.instance_id,
+                "instance_info": instance.info(exchange.info, recreated),
+            }
+        )
+
+    @staticmethod
+    def _death_words(report: Report, death: str | None) -> str:
+        if report.stopped is not None:
+            return f"its actor was stopped ({report.stopped[1]})"
+        return death or "its actor ended"
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _add(self, instance_id: str, class_name: str, run: JobRun, limits: Limits) -> Instance:
+        actor_job = "i" + uuid.uuid4().hex[:15]
+        spec = dataclasses.replace(
+            run.spec,
+            job_id=actor_job,
+            workdir=self._settings.jobs_dir / actor_job,
+            env=run.spec.env | {JOB_ENV_VAR: actor_job},
+            timeout_s=limits.timeout_s,
+            display=False,
+        )
+        actor = ActorProcess(
+            spec,
+            self._templates,
+            max_result_bytes=self._settings.max_result_bytes,
+            watch_interval_s=self._settings.watch_interval_s,
+            on_exit=self._on_actor_exit,
+        )
+        instance = Instance(instance_id, class_name, actor, limits, self._lease(run))
+        self._live[instance_id] = instance
+        self._all.add(instance)
+        self._gone.pop(instance_id, None)
+        return instance
+
+    def _lease(self, run: JobRun) -> EnvLease | None:
+        """A lease of its own on the env, so that GC leaves it alone while the actor lives."""
+        if self._envs is None:
+            return None
+        try:
+            return self._envs.lease_if_ready(run.spec.request.get("dependencies"))
+        except EnvError:
+            return None
+
+    def _trim(self) -> None:
+        """Over the bound: stop least recently used idle instances."""
+        excess = len(self._live) - max(1, self._settings.max_instances)
+        for instance in list(self._live.values()):
+            if excess <= 0:
+                return
+            if instance.pending == 0:
+                limit = self._settings.max_instances
+                self._retire(instance, f"was evicted (least recently used of at most {limit})")
+                excess -= 1
+
+    def _after_call(self, instance: Instance) -> None:
+        if instance.pending == 0 and (instance.retired or instance.gone is not None):
+            self._stop(instance)
+        else:
+            self._trim()
+
+    def _retire(self, instance: Instance, reason: str) -> None:
+        """No new calls; stopped once its queued calls are done."""
+        instance.retired = True
+        self._forget(instance, reason)
+        if instance.pending == 0:
+            self._stop(instance)
+
+    def _lose(self, instance: Instance, reason: str) -> None:
+        """Its actor is dead or unusable: queued calls go to a new instance."""
+        if instance.gone is None:
+            instance.gone = reason
+        self._forget(instance, f"was lost ({reason})")
+
+    def _forget(self, instance: Instance, reason: str) -> None:
+        if self._live.get(instance.instance_id) is instance:
+            del self._live[instance.instance_id]
+            self._gone[instance.instance_id] = reason
+            while len(self._gone) > GONE_MEMORY:
+                self._gone.popitem(last=False)
+
+    def _stop(self, instance: Instance) -> None:
+        if instance not in self._all:
+            return
+        self._all.discard(instance)
+        task = asyncio.ensure_future(self._stop_now(instance))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _stop_now(self, instance: Instance) -> None:
+        try:
+            await instance.actor.stop(self._settings.grace_s)
+        except Exception:  # a bug of ours in stopping one actor must not stop the others
+            log.exception("stopping instance %s failed", instance.instance_id)
+        finally:
+            if instance.lease is not None:
+                instance.lease.release()
+
+    def _on_actor_exit(self, actor: ActorProcess) -> None:
+        """An idle actor died (a background thread crashed it, or it was killed from outside)."""
+        for instance in list(self._all):
+            if instance.actor is actor and instance.pending == 0 and instance.gone is None:
+                self._lose(instance, f"its actor died while idle: {actor.death}")
+                self._stop(instance)
+
+    async def _reap_idle(self) -> None:
+        ttl = self._settings.instance_ttl_s
+        interval = min(max(ttl / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for instance in list(self._live.values()):
+                if instance.pending == 0 and now - instance.last_used_at > ttl:
+                    with contextlib.suppress(Exception):
+                        self._retire(instance, f"was stopped after {ttl:g} s idle (TTL)")
