@@ -1,7 +1,7 @@
 """RunPod queue worker: runpod-python's own loop in front of one process-wide Supervisor.
 
     runpod loop (main thread)                    supervisor thread (its own event loop)
-    handler(job) --- run_coroutine_threadsafe --> drive(): Supervisor.stream(request)
+    handler(job) ------ SupervisorHost.spawn ----> drive(): Supervisor.stream(request)
          ^                                             | LogEvents, batched every
          |  FunctionResponse.to_wire()                 | progress_interval_s
          +---------------------------------------------+--> runpod.serverless.progress_update
@@ -52,6 +52,7 @@ START_TIMEOUT_S = 600.0
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 LogSink = Callable[[dict[str, Any]], None]
+Ended = concurrent.futures.Future[None]
 
 
 class SupervisorStartError(RuntimeError):
@@ -109,9 +110,36 @@ class SupervisorHost:
         self.start()
         return await asyncio.wrap_future(self._ready)
 
-    def submit(self, coroutine: Any) -> concurrent.futures.Future[Any]:
-        assert self._loop is not None, "submit() before ready()"
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+    def spawn(self, coroutine: Any) -> tuple[concurrent.futures.Future[Any], Ended]:
+        """Run ``coroutine`` on the supervisor's loop: its result, and when its task ended.
+
+        Like ``asyncio.run_coroutine_threadsafe`` (cancelling the result cancels the task), plus
+        a future set once the task is over, even when it was cancelled before it began.
+        """
+        loop = self._loop
+        assert loop is not None, "spawn() before ready()"
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        ended: Ended = concurrent.futures.Future()
+
+        def on_done(task: asyncio.Task[Any]) -> None:
+            ended.set_result(None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by caller
+                if task.cancelled():
+                    result.cancel()
+                elif (error := task.exception()) is not None:
+                    result.set_exception(error)
+                else:
+                    result.set_result(task.result())
+
+        def start() -> None:
+            task = loop.create_task(coroutine)
+            task.add_done_callback(on_done)
+            result.add_done_callback(
+                lambda done: done.cancelled() and loop.call_soon_threadsafe(task.cancel)
+            )
+
+        loop.call_soon_threadsafe(start)
+        return result, ended
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the Supervisor (running jobs are cancelled, templates closed) and its thread."""
@@ -205,25 +233,20 @@ async def drive(
     sink: LogSink | None,
     interval_s: float,
     flush_at_end: bool,
-    finished: concurrent.futures.Future[None],
 ) -> FunctionResponse:
     """Run one job on the supervisor's loop; its logs go to ``sink`` in batches."""
+    if sink is None:
+        return await supervisor.run(request, job_id=job_id)
+    batcher = LogBatcher(interval_s, sink)
     try:
-        if sink is None:
-            return await supervisor.run(request, job_id=job_id)
-        batcher = LogBatcher(interval_s, sink)
-        try:
-            async for item in supervisor.stream(request, job_id=job_id):
-                if isinstance(item, FunctionResponse):
-                    batcher.close(flush=flush_at_end)
-                    return item
-                batcher.add(item)
-        finally:
-            batcher.close(flush=False)
-        raise RuntimeError("the job stream ended without a response")
+        async for item in supervisor.stream(request, job_id=job_id):
+            if isinstance(item, FunctionResponse):
+                batcher.close(flush=flush_at_end)
+                return item
+            batcher.add(item)
     finally:
-        # After the stream's own cleanup: the job's process group is gone by now.
-        finished.set_result(None)
+        batcher.close(flush=False)
+    raise RuntimeError("the job stream ended without a response")
 
 
 # -- the handlers runpod calls -------------------------------------------------------------------
@@ -252,30 +275,21 @@ def progress_sink(job: dict[str, Any]) -> LogSink | None:
 
 async def _start_job(
     job: dict[str, Any], sink: LogSink | None, flush_at_end: bool
-) -> tuple[concurrent.futures.Future[Any], concurrent.futures.Future[None]] | FunctionResponse:
+) -> tuple[concurrent.futures.Future[Any], Ended] | FunctionResponse:
     host = get_host()
     try:
         supervisor = await host.ready()
     except SupervisorStartError as exc:
         return failure(ErrorType.LOST, f"lost: {exc}")
-    finished: concurrent.futures.Future[None] = concurrent.futures.Future()
     job_id = supervisor_job_id(job, supervisor.running_jobs)
-    coroutine = drive(
-        supervisor,
-        job.get("input"),
-        job_id,
-        sink,
-        host.settings.progress_interval_s,
-        flush_at_end,
-        finished,
-    )
-    return host.submit(coroutine), finished
+    interval = host.settings.progress_interval_s
+    return host.spawn(drive(supervisor, job.get("input"), job_id, sink, interval, flush_at_end))
 
 
-async def _settle(finished: concurrent.futures.Future[None]) -> None:
-    """After a stop: wait (bounded) until the job's process tree is gone on the other thread."""
+async def _settle(ended: Ended) -> None:
+    """After a stop: wait (bounded) until the job's task, and so its process tree, is gone."""
     limit = get_host().settings.grace_s + SETTLE_MARGIN_S
-    done, _ = await asyncio.wait({asyncio.wrap_future(finished)}, timeout=limit)
+    done, _ = await asyncio.wait({asyncio.wrap_future(ended)}, timeout=limit)
     if not done:
         log.error("a stopped job was still being cleaned up after %.1f s", limit)
 
@@ -285,13 +299,13 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     started = await _start_job(job, progress_sink(job), flush_at_end=False)
     if isinstance(started, FunctionResponse):
         return started.to_wire()
-    future, finished = started
+    future, ended = started
     try:
         response: FunctionResponse = await asyncio.wrap_future(future)
     except asyncio.CancelledError:
-        # runpod stopped the job; the cancel has reached the supervisor's task through the future.
+        # runpod stopped the job; the cancel reaches the supervisor's task through the future.
         future.cancel()
-        await _settle(finished)
+        await _settle(ended)
         raise
     return response.to_wire()
 
@@ -308,7 +322,7 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     if isinstance(started, FunctionResponse):
         yield started.to_wire()
         return
-    future, finished = started
+    future, ended = started
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(items.put_nowait, None))
     try:
         while (item := await items.get()) is not None:
@@ -317,7 +331,7 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     finally:
         if not future.done():
             future.cancel()
-            await _settle(finished)
+            await _settle(ended)
 
 
 # -- the worker ----------------------------------------------------------------------------------
