@@ -1,0 +1,85 @@
+"""The RunPod handler without runpod: the Supervisor on its own thread, called from another loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from tests.helpers import function_request, make_settings
+
+from sandvisor.supervisor import runpod as worker
+
+MARKER = "271.828"
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[worker.SupervisorHost]:
+    monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)  # no job API: no progress
+    running = worker.SupervisorHost(make_settings(tmp_path / "home"))
+    monkeypatch.setattr(worker, "_host", running)
+    yield running
+    running.close()
+
+
+def marked() -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if MARKER in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+async def test_the_handler_answers_the_wire_dict(host: worker.SupervisorHost) -> None:
+    job = {"id": "job-a", "input": function_request("def main(x):\n    return x + 1\n", args=[1])}
+    output = await worker.handler(job)
+    assert output["success"] is True and output["json_result"] == 2
+
+
+async def test_a_cancelled_handler_returns_only_once_the_tree_is_gone(
+    host: worker.SupervisorHost,
+) -> None:
+    code = (
+        "import subprocess, time\n"
+        "def main():\n"
+        f"    subprocess.Popen(['sleep', '{MARKER}'])\n"
+        "    time.sleep(300)\n"
+    )
+    task = asyncio.ensure_future(worker.handler({"id": "job-b", "input": function_request(code)}))
+    for _ in range(200):
+        if marked():
+            break
+        await asyncio.sleep(0.05)
+    assert marked(), "the job never started"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not marked()  # gone before the cancel went on, not some time after
+    output = await worker.handler(
+        {"id": "job-c", "input": function_request("def main():\n    return 1\n")}
+    )
+    assert output["json_result"] == 1
+
+
+async def test_a_job_stopped_before_it_began_ends_at_once(host: worker.SupervisorHost) -> None:
+    supervisor = await host.ready()
+    request = function_request("def main():\n    return 1\n")
+    result, ended = host.spawn(supervisor.run(request))
+    result.cancel()
+    await asyncio.wait_for(asyncio.wrap_future(ended), 5)
+    assert result.cancelled()
+
+
+async def test_a_supervisor_that_cannot_start_fails_each_job_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    broken = worker.SupervisorHost(make_settings(blocker / "home"))
+    monkeypatch.setattr(worker, "_host", broken)
+    try:
+        output = await worker.handler({"id": "x", "input": function_request("def main(): pass\n")})
+    finally:
+        broken.close()
+    assert output["success"] is False
+    assert output["error"].startswith("lost: the supervisor failed to start:")
