@@ -154,12 +154,19 @@ class ActorProcess:
         if self._stopped:
             return
         self._stopped = True
+        if self._tree is not None and self.alive:
+            # Note its descendants while they are still its own: once it leaves, those in
+            # sessions of their own are orphans that only this memory ties to the instance.
+            self._tree.refresh()
         if self._writer is not None:
             self._writer.close()
         if self._exit_task is not None and not self._exit_task.done():
             done, _ = await asyncio.wait({self._exit_task}, timeout=grace_s)
             if not done:
                 await self._kill(grace_s)
+        if self._tree is not None:
+            # What the instance started and left running (a server, a detached helper) goes too.
+            await terminate_tree(self._tree, 0.0)
         await self._cleanup()
 
     # -- start ---------------------------------------------------------------------------------
