@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -23,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
+from sandvisor.supervisor.cleanup import DirRemover
 from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.instances import InstanceRegistry
@@ -84,7 +84,7 @@ class Supervisor:
         self._jobs: dict[str, JobRun] = {}
         self._templates: TemplatePool | None = None
         self._base_env: dict[str, str] = {}
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._workdirs = DirRemover()
         self.envs = EnvStore(self.settings)
         self.instances: InstanceRegistry | None = None
 
@@ -110,7 +110,7 @@ class Supervisor:
             await self.instances.close()  # before the templates their actors were forked from
         if self._templates is not None:
             await self._templates.close()
-        await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._workdirs.close()
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -297,19 +297,4 @@ class Supervisor:
         )
 
     def _schedule_cleanup(self, workdir: Any) -> None:
-        # After the response is on its way: the caller does not wait for the dir to go.
-        asyncio.get_running_loop().call_soon(self._remove_workdir, workdir)
-
-    def _remove_workdir(self, workdir: Any) -> None:
-        # Most jobs leave their dir empty (or never made it): one rmdir here is far cheaper than
-        # a thread hand-off; only a dir with files in it is removed on a worker thread.
-        try:
-            os.rmdir(workdir)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            pass
-        task = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, workdir, True))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        self._workdirs.remove(workdir)  # after the response, off the loop: see cleanup.py

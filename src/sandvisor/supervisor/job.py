@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandvisor.protocol.frames import EndOfStream, FrameError, encode_frame
+from sandvisor.protocol.frames import FrameDecoder, FrameError, encode_frame
 from sandvisor.protocol.models import ErrorType, FunctionResponse
-from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent, Stream
 from sandvisor.supervisor.outcome import Report, classify
 from sandvisor.supervisor.output import LineSplitter, OutputBuffer
@@ -129,6 +128,16 @@ async def launch_child(
     return pid, asyncio.ensure_future(wait_for_exit(pid))
 
 
+async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` has data or its end (a non-blocking pipe)."""
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 def send_ahead(channel: socket.socket, frame: bytes) -> bytes:
     """Write what fits of ``frame`` now, without blocking; returns what is left to send."""
     channel.setblocking(False)
@@ -218,7 +227,7 @@ class JobRun:
             asyncio.ensure_future(self._read_stream(pipes.stdout_r, "stdout")),
             asyncio.ensure_future(self._read_stream(pipes.stderr_r, "stderr")),
         ]
-        # The stream readers own those fds from here on (their transports close them).
+        # The stream readers own those fds from here on (each closes its own).
         pipes.stdout_r = pipes.stderr_r = -1
         try:
             if unsent:  # a frame larger than the socket buffer: the rest, as the child reads
@@ -301,36 +310,42 @@ class JobRun:
     # -- readers -------------------------------------------------------------------------------
 
     async def _read_stream(self, fd: int, stream: Stream) -> None:
+        """Whole lines of one output pipe as events, until its end; closes ``fd``.
+
+        Plain reads and a readiness wait, not a transport and a stream reader: a job that prints
+        nothing costs one wait for the end, and one that floods is read in big chunks.
+        """
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_CHUNK)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-        )
         splitter = LineSplitter()
         try:
-            while chunk := await reader.read(READ_CHUNK):
+            os.set_blocking(fd, False)
+            while True:
+                try:
+                    chunk = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    await readable(loop, fd)
+                    continue
+                if not chunk:
+                    break
                 if text := splitter.feed(chunk):
                     await self.emit(LogEvent(stream, text, time.time()))
             if text := splitter.finish():
                 await self.emit(LogEvent(stream, text, time.time()))
         finally:
-            transport.close()
+            os.close(fd)
 
     async def _read_frames(self, pipes: JobPipes, report: Report) -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=pipes.channel)
-        max_frame = self.spec.max_result_bytes + FRAME_OVERHEAD
+        loop = asyncio.get_running_loop()
+        decoder = FrameDecoder(self.spec.max_result_bytes + FRAME_OVERHEAD)
         try:
-            while True:
-                frame = await read_frame_async(reader, max_frame)
-                await self._on_frame(frame, report)
-        except EndOfStream:
-            pass
+            while data := await loop.sock_recv(pipes.channel, READ_CHUNK):
+                for frame in decoder.feed(data):
+                    await self._on_frame(frame, report)
+            decoder.close()
         except (FrameError, ConnectionError) as exc:
             report.channel_error = str(exc)
             if report.fields is None and report.error is None:
                 self.stop(ErrorType.LOST, f"lost: the job broke its protocol channel ({exc})")
-        finally:
-            writer.close()
 
     async def _on_frame(self, frame: dict[str, Any], report: Report) -> None:
         kind = frame["t"]
