@@ -347,3 +347,27 @@ async def test_different_instances_run_in_parallel(small: Supervisor):
     )
     assert all(r.success for r in both)
     assert time.monotonic() - started < 1.8
+
+
+async def test_a_call_cancelled_while_queued_leaves_the_instance_alone(small: Supervisor):
+    first = ok(await small.run(counter("add", 1)))
+    running = asyncio.ensure_future(small.run(again(first.instance_id, "sleep", 0.5)))
+    await asyncio.sleep(0.1)
+    queued = asyncio.ensure_future(small.run(again(first.instance_id, "add", 1), job_id="q1"))
+    await asyncio.sleep(0.05)
+    assert await small.cancel("q1")
+    cancelled = await queued
+    assert cancelled.error_type == ErrorType.CANCELLED and not running.done()
+    assert ok(await running).json_result == 0.5
+    state = ok(await small.run(again(first.instance_id, "get_state")))
+    assert (
+        state.json_result["value"] == 1 and state.instance_info["pid"] == first.instance_info["pid"]
+    )
+
+
+async def test_streaming_a_class_call(small: Supervisor):
+    events = [item async for item in small.stream(counter("add", 2))]
+    *logs, response = events
+    assert ok(response).json_result == 2
+    texts = "".join(event.text for event in logs)
+    assert "creating instance" in texts and "counter is now 2" in texts

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sandvisor.protocol.models import FunctionResponse
+from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.actor_process import ActorProcess, Exchange
 from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.job import JobRun
@@ -142,9 +142,14 @@ class InstanceRegistry:
             self._live.move_to_end(instance_id)
             self._trim()
             try:
-                async with instance.lock:
+                stopped = await self._turn(instance, run)
+                if stopped is not None:
+                    return self._not_run(run, instance, stopped)
+                try:
                     if instance.gone is None:
                         return await self._run_call(instance, run, limits, why_new)
+                finally:
+                    instance.lock.release()
             finally:
                 instance.pending -= 1
                 self._after_call(instance)
@@ -153,6 +158,39 @@ class InstanceRegistry:
             instance = self._live.get(instance_id)
 
     # -- one call ------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _turn(instance: Instance, run: JobRun) -> tuple[ErrorType, str] | None:
+        """Wait for the instance's lock (then held), or for the call to be stopped (its reason).
+
+        A call cancelled while it waits its turn is answered at once and never reaches the
+        actor: stopping it there would kill an instance that other calls are using.
+        """
+        turn = asyncio.ensure_future(instance.lock.acquire())
+        stop = asyncio.ensure_future(run.stopped())
+        try:
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not turn.done():
+                turn.cancel()
+                await asyncio.gather(turn, return_exceptions=True)
+        if turn.done() and not turn.cancelled():
+            if stop.done() and not stop.cancelled():
+                instance.lock.release()
+                return stop.result()
+            return None
+        return stop.result()
+
+    @staticmethod
+    def _not_run(
+        run: JobRun, instance: Instance, stopped: tuple[ErrorType, str]
+    ) -> FunctionResponse:
+        response = run.respond(Report(stopped=stopped))
+        info = instance.info({}, recreated=False)
+        return response.model_copy(
+            update={"instance_id": instance.instance_id, "instance_info": info}
+        )
 
     async def _run_call(
         self, instance: Instance, run: JobRun, limits: Limits, why_new: str | None
