@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -49,6 +50,10 @@ class Rogue:
 
         threading.Thread(target=talk, daemon=True).start()
         return "ok"
+
+    def talk_then_sleep(self):
+        print("started", flush=True)
+        time.sleep(300)
 
     def flood(self, megabytes):
         line = "x" * 1023 + "\\n"
@@ -171,6 +176,19 @@ async def test_a_hang_that_ignores_sigterm_is_killed_at_the_timeout(sup: Supervi
     assert gone(first.json_result)
 
 
+async def test_a_caller_that_leaves_mid_call_takes_the_instance_down(sup: Supervisor):
+    first = ok(await sup.run(rogue("ping")))
+    async with contextlib.aclosing(
+        sup.stream(again(first.instance_id, "talk_then_sleep"))
+    ) as events:
+        async for event in events:
+            assert "started" in event.text
+            break
+    assert await eventually(lambda: gone(first.json_result))
+    back = ok(await sup.run(again(first.instance_id, "ping")))
+    assert back.instance_info["recreated"] is True and "interrupted" in back.stdout
+
+
 async def test_shutdown_stops_every_actor(tmp_path: Path):
     settings = make_settings(tmp_path / "home", max_instances=8)
     async with Supervisor(settings) as sup:
@@ -179,3 +197,15 @@ async def test_shutdown_stops_every_actor(tmp_path: Path):
         slow = asyncio.ensure_future(sup.run(again(responses[0].instance_id, "leave", 0)))
         await slow
     assert all(gone(pid) for pid in pids)
+
+
+async def test_an_actor_whose_template_dies_is_ended_and_recreated(tmp_path: Path):
+    async with Supervisor(make_settings(tmp_path / "home")) as sup:
+        first = ok(await sup.run(rogue("ping")))
+        assert sup.templates is not None
+        (template,) = sup.templates.running.values()
+        os.kill(template.pid, signal.SIGKILL)
+        assert await eventually(lambda: gone(first.json_result))
+        back = ok(await sup.run(again(first.instance_id, "ping")))
+        assert back.json_result != first.json_result
+        assert back.instance_info["recreated"] is True and "template died" in back.stdout

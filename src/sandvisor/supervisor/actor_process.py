@@ -247,6 +247,12 @@ class ActorProcess:
                 found = breach.result()
                 report.stopped = (found.error_type, f"killed: {found.message}")
             return await self._ended(report, limits.grace_s)
+        except BaseException:
+            # The caller went away mid-call (its task cancelled): the method may still be
+            # running, and its answer would be taken for the next call's. The actor goes.
+            if self.alive:
+                await asyncio.shield(self._kill(limits.grace_s))
+            raise
         finally:
             self._sink = None
 

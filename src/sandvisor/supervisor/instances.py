@@ -199,18 +199,22 @@ class InstanceRegistry:
         run.timings.launched = started
         recreated = bool(why_new)
         actor_limits = self._actor_limits(instance, limits)
-        if not instance.started:
-            instance.started = True
-            await self._say_created(run, instance, why_new)
-            exchange = await instance.actor.start(run, actor_limits, started, run.stopped)
-            run.retried = instance.actor.retried_on_spawn
-            if exchange.answer != "created":
-                if exchange.answer == "error":  # the constructor raised: there never was one
-                    self._lose(instance, "its constructor failed")
-                return await self._respond(run, instance, exchange, recreated)
-        exchange = await instance.actor.call(
-            run.spec.request, run, actor_limits, started, run.stopped, display=run.spec.display
-        )
+        try:
+            if not instance.started:
+                instance.started = True
+                await self._say_created(run, instance, why_new)
+                exchange = await instance.actor.start(run, actor_limits, started, run.stopped)
+                run.retried = instance.actor.retried_on_spawn
+                if exchange.answer != "created":
+                    if exchange.answer == "error":  # the constructor raised: there never was one
+                        self._lose(instance, "its constructor failed")
+                    return await self._respond(run, instance, exchange, recreated)
+            exchange = await instance.actor.call(
+                run.spec.request, run, actor_limits, started, run.stopped, display=run.spec.display
+            )
+        except BaseException as exc:  # cancelled mid-call, or the actor could not start
+            self._lose(instance, f"its call was interrupted ({type(exc).__name__})")
+            raise
         instance.method_calls += 1
         return await self._respond(run, instance, exchange, recreated)
 
