@@ -163,6 +163,7 @@ class JobRun:
         self.retried = False
         self._stop_requested = asyncio.Event()
         self._stop_reason: tuple[ErrorType, str] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the job's exit is awaited
         self.env_ms = 0.0  # time spent getting the job's environment before launch
 
     # -- public --------------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class JobRun:
         if self._stop_reason is None:
             self._stop_reason = (error_type, reason)
         self._stop_requested.set()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def environment_ready(self, env_ms: float) -> None:
         """The env took ``env_ms``; the job's own clock starts now, so totals count it once."""
@@ -242,9 +245,14 @@ class JobRun:
             await asyncio.shield(self._terminate(exited))
             raise
         finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            if all(reader.done() for reader in readers):
+                for reader in readers:  # retrieved, as the gather below would
+                    if not reader.cancelled():
+                        reader.exception()
+            else:
+                for reader in readers:
+                    reader.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
         self.timings.finished = time.monotonic()
         report.elapsed_s = self.timings.finished - self.timings.started
         return report
@@ -252,15 +260,17 @@ class JobRun:
     async def _wait_or_stop(
         self, exited: asyncio.Future[ExitInfo | None], report: Report
     ) -> ExitInfo | None:
-        stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
-        try:
-            await asyncio.wait(
-                {exited, stop_waiter},
-                timeout=self.spec.timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            stop_waiter.cancel()
+        if not self._stop_requested.is_set():
+            # A plain future that stop() resolves: no task per job to wait on the event.
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait(
+                    {exited, self._wake},
+                    timeout=self.spec.timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                self._wake = None
         if not exited.done():
             if self._stop_reason is None:
                 self._stop_reason = (
@@ -303,6 +313,8 @@ class JobRun:
             await exited
 
     async def _drain(self, readers: list[asyncio.Future[None]]) -> None:
+        if all(reader.done() for reader in readers):
+            return  # the usual case: every pipe ended with the job
         _, pending = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
         if pending:
             await self.say("output pipes still open after the job ended; stopped reading them")
