@@ -183,6 +183,9 @@ class ActorProcess:
         self._pipes = pipes
         self.alive = True
         self._tree = ProcessTree(job_id=self.spec.job_id, root_pid=self.pid)
+        if templates is not None and (template := templates.running.get(self.spec.python)):
+            # Its template is a subreaper: what the actor leaves behind when it dies goes there.
+            self._tree.adopters = (template.pid,)
         self._exit_task = asyncio.ensure_future(self._watch_exit(exited))
         for stream, fd in (("stdout", pipes.stdout_r), ("stderr", pipes.stderr_r)):
             os.set_blocking(fd, False)
@@ -274,8 +277,9 @@ class ActorProcess:
             done, _ = await asyncio.wait({self._exit_task}, timeout=grace_s)
             if not done:
                 await self._kill(grace_s)
-        if self.pid is not None:
-            kill_group(self.pid, signal.SIGKILL)  # what the actor left in its group goes too
+        if self._tree is not None:
+            # What it left running goes too, and with it the last holders of its output pipes.
+            await terminate_tree(self._tree, 0.0)
         pumps = [task for task in self._tasks[:2] if not task.done()]
         if pumps:
             await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT_S)
