@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
@@ -367,5 +366,4 @@ class InstanceRegistry:
             now = time.monotonic()
             for instance in list(self._live.values()):
                 if instance.pending == 0 and now - instance.last_used_at > ttl:
-                    with contextlib.suppress(Exception):
-                        self._retire(instance, f"was stopped after {ttl:g} s idle (TTL)")
+                    self._retire(instance, f"was stopped after {ttl:g} s idle (TTL)")
