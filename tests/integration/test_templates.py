@@ -239,6 +239,15 @@ async def test_template_killed_mid_job_the_job_is_retried_on_a_fresh_spawn(
     assert pool_of(sup).started == 2
 
 
+WAITS_FOR_FLAG = """
+import os, time
+def main(flag):
+    while not os.path.exists(flag):
+        time.sleep(0.01)
+    return {"ppid": os.getppid()}
+"""
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -269,7 +278,10 @@ async def test_many_jobs_in_flight_when_the_template_dies_all_succeed(sup: Super
 async def test_supervisor_exit_stops_the_template_and_its_jobs(settings: Settings) -> None:
     async with Supervisor(settings) as sup:
         template = psutil.Process(template_of(sup).pid)
-        job = asyncio.ensure_future(sup.run(function_request(SLEEPER)))
+        never = str(settings.home / "never-created")
+        job = asyncio.ensure_future(
+            sup.run(function_request(WAITS_FOR_FLAG, kwargs={"flag": never}))
+        )
         await wait_until(lambda: len(template.children()) == 1)
         child = template.children()[0]
     assert job.done() and not job.result().success
@@ -327,12 +339,15 @@ async def test_a_template_with_jobs_in_flight_is_never_stopped(
     tmp_path: Path, offline: Path
 ) -> None:
     settings = make_settings(tmp_path / "home", max_templates=1)
+    flag = tmp_path / "go"
     async with Supervisor(settings) as sup:
         base = template_of(sup)
-        sleeping = asyncio.ensure_future(sup.run(function_request(SLEEPER)))
+        waiting = function_request(WAITS_FOR_FLAG, kwargs={"flag": str(flag)})
+        sleeping = asyncio.ensure_future(sup.run(waiting))
         await wait_until(lambda: base.busy)
         other = await ok(sup, function_request(TINY, dependencies=["tinypkg==1.0"]))
         assert base.alive, "the busy base template was stopped"
+        flag.touch()
         response = await sleeping
         assert response.success and "retried" not in (response.timings or {})
         assert response.json_result["ppid"] == base.pid
