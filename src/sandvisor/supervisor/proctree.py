@@ -8,10 +8,13 @@ marks, cheapest first:
 - session and group: the child starts its own session, so ``sid == pgid == root pid``; its
   descendants keep both unless they call ``setsid``/``setpgid`` themselves;
 - memory: a process seen once stays a member until it is gone;
-- the ``SANDVISOR_JOB_ID=<id>`` entry of ``/proc/<pid>/environ``: a process that detached
-  (``setsid`` and a double fork) between two scans is reparented to us, because the supervisor
-  is a child subreaper, and is claimed by that mark, which exec'd descendants keep.
+- the job's marks, for a process that detached (``setsid`` and a double fork) between two scans
+  and was reparented to an adopter (the supervisor and the templates are child subreapers): its
+  name (the child names itself ``sv-<job id>``, which forks inherit) or, after an exec, the
+  ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``.
 
+One scan of ``/proc`` rather than psutil's per-process objects: every job's watchdog reads the
+same table ten times a second, and parsing one small file per process is all it needs.
 A process is known by ``(pid, start time)``, so a reused pid is never taken for a member, and
 signals go through a pidfd opened and checked against that identity, so they cannot hit a
 stranger that got the pid in between.
@@ -31,6 +34,10 @@ from dataclasses import dataclass, field
 
 #: Every job child gets this variable; descendants that detach keep it across exec.
 JOB_ENV_VAR = "SANDVISOR_JOB_ID"
+#: A job child names itself with this prefix and its job id (15 bytes at most: the kernel's
+#: limit); descendants forked without an exec inherit the name.
+JOB_COMM_PREFIX = "sv-"
+_COMM_MAX = 15
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -53,6 +60,11 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
+def job_comm(job_id: str) -> str:
+    """The process name a job's child takes, so that its forked descendants can be found."""
+    return (JOB_COMM_PREFIX + job_id)[:_COMM_MAX]
+
+
 def job_environ(job_id: str) -> dict[str, str]:
     """The variable that marks a job's processes; the core adds it to the child's environment."""
     return {JOB_ENV_VAR: job_id}
@@ -63,6 +75,7 @@ class ProcInfo:
     """One line of ``/proc/<pid>/stat``, the fields we use."""
 
     pid: int
+    comm: str
     ppid: int
     pgrp: int
     session: int
@@ -95,9 +108,11 @@ def read_proc(pid: int) -> ProcInfo | None:
     except OSError:  # gone, or never there
         return None
     # The command name is in parentheses and may itself hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 2 :].split()
+    close = data.rfind(b")")
+    fields = data[close + 2 :].split()
     return ProcInfo(
         pid=pid,
+        comm=data[data.find(b"(") + 1 : close].decode(errors="replace"),
         ppid=int(fields[1]),
         pgrp=int(fields[2]),
         session=int(fields[3]),
@@ -183,6 +198,8 @@ class ProcessTree:
 
     job_id: str
     root_pid: int
+    #: Besides us, the processes that adopt the job's orphans (the template that forked it).
+    adopters: tuple[int, ...] = ()
     members: dict[int, ProcInfo] = field(default_factory=dict)
     seen: int = 0
     _known: dict[int, int] = field(default_factory=dict)  # pid -> start ticks
@@ -272,14 +289,17 @@ class ProcessTree:
                     pending.append(child.pid)
 
     def _claim_orphans(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> bool:
-        """Claim processes reparented to us (or to init) that carry this job's mark."""
-        adopters = {os.getpid()} if _subreaper else {os.getpid(), 1}
+        """Claim orphans (children of an adopter) that carry this job's name or variable."""
+        adopters = {os.getpid(), *self.adopters}
+        if not _subreaper:
+            adopters.add(1)
+        comm = job_comm(self.job_id)
         marker = f"{JOB_ENV_VAR}={self.job_id}".encode()
         claimed = False
         for info in table.values():
             if info.ppid not in adopters or info.pid in found or info.key in self._strangers:
                 continue
-            if _carries_job_id(info.pid, marker):
+            if info.comm == comm or _carries_job_id(info.pid, marker):
                 found[info.pid] = info
                 claimed = True
             else:
