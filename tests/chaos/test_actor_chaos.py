@@ -51,6 +51,11 @@ class Rogue:
         threading.Thread(target=talk, daemon=True).start()
         return "ok"
 
+    def crash(self):
+        import ctypes
+
+        ctypes.string_at(0)
+
     def talk_then_sleep(self):
         print("started", flush=True)
         time.sleep(300)
@@ -136,6 +141,15 @@ async def test_processes_an_instance_leaves_behind_go_with_it(sup: Supervisor):
     ok(await sup.run(rogue("ping")))
     ok(await sup.run(rogue("ping")))  # the first instance is evicted (at most 2)
     assert await eventually(lambda: all(gone(pid) for pid in children))
+
+
+async def test_a_crash_takes_what_the_instance_left_running_with_it(sup: Supervisor):
+    first = ok(await sup.run(rogue("leave_children")))
+    started = time.monotonic()
+    crashed = await sup.run(again(first.instance_id, "crash"))
+    assert crashed.error_type == ErrorType.SIGNAL and "SIGSEGV" in crashed.error
+    assert time.monotonic() - started < 1.5  # not held up by children keeping its pipes open
+    assert await eventually(lambda: all(gone(pid) for pid in first.json_result))
 
 
 async def test_sys_exit_in_a_method_ends_only_that_instance(sup: Supervisor):

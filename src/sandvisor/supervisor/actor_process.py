@@ -182,10 +182,13 @@ class ActorProcess:
         pipes.close_child_ends()
         self._pipes = pipes
         self.alive = True
-        self._tree = ProcessTree(job_id=self.spec.job_id, root_pid=self.pid)
-        if templates is not None and (template := templates.running.get(self.spec.python)):
-            # Its template is a subreaper: what the actor leaves behind when it dies goes there.
-            self._tree.adopters = (template.pid,)
+        # A template is a subreaper: what a forked actor leaves behind when it dies goes there.
+        template = templates.running.get(self.spec.python) if templates is not None else None
+        self._tree = ProcessTree(
+            job_id=self.spec.job_id,
+            root_pid=self.pid,
+            adopters=(template.pid,) if template is not None else (),
+        )
         self._exit_task = asyncio.ensure_future(self._watch_exit(exited))
         for stream, fd in (("stdout", pipes.stdout_r), ("stderr", pipes.stderr_r)):
             os.set_blocking(fd, False)
