@@ -62,6 +62,21 @@ def apply_limits(rlimits: dict[str, list[int]], oom_score_adj: int | None) -> No
             pass  # not Linux, or no permission: the watchdog still enforces memory
 
 
+def name_process(name: str | None) -> None:
+    """Take the job's process name: descendants forked without an exec inherit it, and the
+    supervisor finds by it those that detached (their environment is still the template's)."""
+    if not name:
+        return
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
+        try:
+            os.write(fd, name.encode()[:15])
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # not Linux: process groups and the job variable still mark the job's processes
+
+
 def replace_environment(env: dict[str, str]) -> None:
     """Make the environment exactly ``env``, changing only the variables that differ.
 

@@ -285,6 +285,7 @@ def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
         fd = isolation.install_descriptors(channel_fd, stdout_fd, stderr_fd)
         channel = Channel(fd)
         job = channel.receive()
+        isolation.name_process(job.get("comm"))
         isolation.replace_environment(job["env"])
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
         isolation.line_buffered_stdio()

@@ -25,12 +25,14 @@ from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionRespon
 from sandvisor.supervisor.cleanup import DirRemover
 from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
 from sandvisor.supervisor.events import LogEvent
+from sandvisor.supervisor.gpus import GpuPool, detect_gpus
 from sandvisor.supervisor.instances import InstanceRegistry
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits, LimitsError
 from sandvisor.supervisor.manifest import DeployedAppError, resolve_deployed
 from sandvisor.supervisor.outcome import failure
 from sandvisor.supervisor.policy import child_environment
+from sandvisor.supervisor.proctree import become_subreaper
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.templates import TemplatePool
 
@@ -87,9 +89,13 @@ class Supervisor:
         self._workdirs = DirRemover()
         self.envs = EnvStore(self.settings)
         self.instances: InstanceRegistry | None = None
+        self.gpus = GpuPool([])
 
     async def __aenter__(self) -> Supervisor:
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # Orphans of jobs we spawn come to us, so that they are found, killed and reaped.
+        become_subreaper()
+        self.gpus = GpuPool(await asyncio.to_thread(detect_gpus, self.settings))
         await asyncio.to_thread(lambda: self.envs.base)  # read the base env once, off the loop
         self._base_env = child_environment(self.settings, os.environ)
         if self.settings.templates:
@@ -179,7 +185,7 @@ class Supervisor:
         started = time.monotonic()
         try:
             parsed = parse_request(request)
-            limits = Limits.resolve(self.settings, parsed.limits)
+            limits = Limits.resolve(self.settings, parsed.limits, gpus_available=self.gpus.total)
             spec = self._spec(job_id, parsed, limits)
             spec.display = display
         except InvalidRequest as exc:
@@ -188,7 +194,7 @@ class Supervisor:
             return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
         except DeployedAppError as exc:
             return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
-        run = JobRun(spec, self._templates, on_event)
+        run = JobRun(spec, self._templates, on_event, self.gpus)
         self._jobs[job_id] = run
         try:
             lease = await self._environment(run, parsed)
@@ -292,6 +298,8 @@ class Supervisor:
             max_output_bytes=limits.max_output_bytes,
             max_result_bytes=limits.max_result_bytes,
             rlimits=limits.rlimits(),
+            limits=limits,
+            watch_interval_s=self.settings.watch_interval_s,
             deployed_module=deployed.module if deployed else None,
             deployed_sys_path=[str(deployed.sys_path)] if deployed else [],
         )

@@ -10,12 +10,11 @@ arrival order, so a job asking for many is never starved by a stream of jobs ask
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -55,33 +54,43 @@ def parse_declared(value: str) -> list[Gpu]:
     return gpus
 
 
-@contextlib.contextmanager
-def _nvml() -> Iterator[Any]:
-    """The initialised ``pynvml`` module; raises when no driver answers."""
-    import pynvml  # nvidia-ml-py: imported here, it loads libnvidia-ml lazily
+_nvml_module: Any = None
+_nvml_tried = False
 
-    pynvml.nvmlInit()
-    try:
-        yield pynvml
-    finally:
-        pynvml.nvmlShutdown()
+
+def _nvml() -> Any:
+    """``pynvml``, initialised once for the whole process (the watchdog asks often); None when
+    no NVML library or driver answers."""
+    global _nvml_module, _nvml_tried
+    if not _nvml_tried:
+        _nvml_tried = True
+        try:
+            import pynvml  # nvidia-ml-py: loads libnvidia-ml only on nvmlInit
+
+            pynvml.nvmlInit()
+            _nvml_module = pynvml
+        except Exception:  # no library, no driver, no device: NVML says so only by raising
+            _nvml_module = None
+    return _nvml_module
 
 
 def _from_nvml() -> list[Gpu]:
+    nvml = _nvml()
+    if nvml is None:
+        return []
     try:
-        with _nvml() as nvml:
-            gpus = []
-            for index in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                gpus.append(
-                    Gpu(
-                        index=index,
-                        name=_text(nvml.nvmlDeviceGetName(handle)),
-                        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                    )
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append(
+                Gpu(
+                    index=index,
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
                 )
-            return gpus
-    except Exception:  # no library, no driver, no device: NVML says so only by raising
+            )
+        return gpus
+    except Exception:  # a device that stopped answering: NVML says so only by raising
         return []
 
 
@@ -118,14 +127,16 @@ def gpu_memory_by_pid() -> dict[int, int]:
     NVML reports host pids; inside a container with its own pid namespace they may not match
     ours, in which case a job's GPU memory reads as zero rather than wrong.
     """
+    nvml = _nvml()
+    if nvml is None:
+        return {}
     try:
-        with _nvml() as nvml:
-            used: dict[int, int] = {}
-            for index in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    used[proc.pid] = used.get(proc.pid, 0) + (proc.usedGpuMemory or 0)
-            return used
+        used: dict[int, int] = {}
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used[proc.pid] = used.get(proc.pid, 0) + (proc.usedGpuMemory or 0)
+        return used
     except Exception:  # see _from_nvml
         return {}
 

@@ -2,8 +2,11 @@
 
     launch (fork from the env's template, or spawn a fresh interpreter)
       -> send the job frame -> read frames, stdout and stderr concurrently
-      -> wait for the exit, or stop it (timeout, cancel, broken channel)
-      -> terminate what is left of its process group -> classify -> respond
+      -> wait for the exit, or stop it (timeout, cancel, broken channel, a watchdog breach)
+      -> terminate what is left of its process tree -> classify -> respond
+
+The job's GPUs (if any) are held from before launch until the response; the watchdog samples its
+process tree (memory, processes, CPU, wall time) while it runs.
 
 User code never runs here; this module only moves bytes and watches processes.
 """
@@ -24,7 +27,10 @@ from typing import Any
 from sandvisor.protocol.frames import FrameDecoder, FrameError, encode_frame
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent, Stream
-from sandvisor.supervisor.outcome import Report, classify
+from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
+from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.oom import oom_kill_count
+from sandvisor.supervisor.outcome import Report, classify, failure
 from sandvisor.supervisor.output import LineSplitter, OutputBuffer
 from sandvisor.supervisor.process import (
     ExitInfo,
@@ -33,7 +39,9 @@ from sandvisor.supervisor.process import (
     spawn_job_child,
     wait_for_exit,
 )
+from sandvisor.supervisor.proctree import ProcessTree, job_comm, terminate_tree
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
+from sandvisor.supervisor.watchdog import Watchdog, format_bytes
 
 EventSink = Callable[[LogEvent], Awaitable[None]]
 
@@ -76,11 +84,14 @@ class JobSpec:
     deployed_module: str | None = None
     deployed_sys_path: list[str] = field(default_factory=list)
     display: bool = False
+    limits: Limits | None = None  # None: only the timeout and sizes above apply
+    watch_interval_s: float = 0.1
 
     def job_frame(self) -> dict[str, Any]:
         return {
             "t": "job",
             "job_id": self.job_id,
+            "comm": job_comm(self.job_id),
             "request": {
                 name: self.request[name] for name in CHILD_REQUEST_FIELDS if name in self.request
             },
@@ -152,11 +163,19 @@ class JobRun:
     """Runs one JobSpec; ``stop()`` may be called from anywhere to end it early."""
 
     def __init__(
-        self, spec: JobSpec, templates: TemplatePool | None, on_event: EventSink | None = None
+        self,
+        spec: JobSpec,
+        templates: TemplatePool | None,
+        on_event: EventSink | None = None,
+        gpus: GpuPool | None = None,
     ) -> None:
         self.spec = spec
         self._templates = templates
         self._on_event = on_event
+        self._gpus = gpus
+        self.tree: ProcessTree | None = None
+        self.watchdog: Watchdog | None = None
+        self._gpu_lease: GpuLease | None = None
         self.output = OutputBuffer(spec.max_output_bytes)
         self.timings = Timings()
         self.pid: int | None = None
@@ -187,13 +206,49 @@ class JobRun:
         return self._stop_reason
 
     async def execute(self) -> FunctionResponse:
+        waited = await self._hold_gpus()
+        if waited is not None:
+            return waited
+        oom_kills = oom_kill_count()
         try:
-            report = await self._attempt(use_template=self._templates is not None)
-        except TemplateLost as exc:
-            self.retried = True
-            await self.say(f"template lost ({exc}); running the job again on a fresh interpreter")
-            report = await self._attempt(use_template=False)
+            try:
+                report = await self._attempt(use_template=self._templates is not None)
+            except TemplateLost as exc:
+                self.retried = True
+                await self.say(
+                    f"template lost ({exc}); running the job again on a fresh interpreter"
+                )
+                report = await self._attempt(use_template=False)
+        finally:
+            if self._gpu_lease is not None:
+                self._gpu_lease.release()
+        if oom_kills is not None:
+            report.oom_kills = (oom_kill_count() or oom_kills) - oom_kills
         return self.respond(report)
+
+    async def _hold_gpus(self) -> FunctionResponse | None:
+        """Wait for the job's GPUs (in arrival order); a failure response if stopped meanwhile."""
+        limits = self.spec.limits
+        if self._gpus is None or limits is None or not self._gpus.total:
+            return None
+        acquiring = asyncio.ensure_future(self._gpus.acquire(limits.gpus))
+        if not acquiring.done() and self._gpus.free < limits.gpus:
+            await self.say(f"waiting for {limits.gpus} GPU(s): all are held by other jobs")
+        stop = asyncio.ensure_future(self.stopped())
+        try:
+            await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not acquiring.done():
+                acquiring.cancel()
+            stop.cancel()
+            await asyncio.gather(acquiring, stop, return_exceptions=True)
+        if acquiring.cancelled() or acquiring.exception() is not None:
+            error_type, reason = self._stop_reason or (ErrorType.CANCELLED, "cancelled")
+            return failure(error_type, reason, stdout=self.output.text())
+        self._gpu_lease = acquiring.result()
+        # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
+        self.spec.env = self.spec.env | self._gpu_lease.environ()
+        return None
 
     async def say(self, text: str) -> None:
         await self.emit(
@@ -218,6 +273,11 @@ class JobRun:
         templates = self._templates if use_template else None
         self.pid, exited = await launch_child(self.spec.python, self.spec.env, pipes, templates)
         self.timings.launched = time.monotonic()
+        # Its template is a subreaper: what the job's processes orphan goes there, not to us.
+        template = templates.running.get(self.spec.python) if templates is not None else None
+        self.tree = ProcessTree(
+            self.spec.job_id, self.pid, adopters=(template.pid,) if template is not None else ()
+        )
         return exited
 
     async def _supervise(
@@ -232,6 +292,7 @@ class JobRun:
         ]
         # The stream readers own those fds from here on (each closes its own).
         pipes.stdout_r = pipes.stderr_r = -1
+        watching = self._start_watchdog()
         try:
             if unsent:  # a frame larger than the socket buffer: the rest, as the child reads
                 with contextlib.suppress(OSError):
@@ -239,12 +300,16 @@ class JobRun:
             readers.append(asyncio.ensure_future(self._read_frames(pipes, report)))
             report.exit = await self._wait_or_stop(exited, report)
             report.exit_known = report.exit is not None
-            kill_group(self.pid, signal.SIGKILL)  # whatever the job left behind goes with it
+            await self._end_leftovers()  # whatever the job left behind goes with it
             await self._drain(readers)
         except BaseException:
             await asyncio.shield(self._terminate(exited))
             raise
         finally:
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+            self._note_watch(report)
             if all(reader.done() for reader in readers):
                 for reader in readers:  # retrieved, as the gather below would
                     if not reader.cancelled():
@@ -298,19 +363,55 @@ class JobRun:
             kill_group(self.pid, signal.SIGKILL)
 
     async def _terminate(self, exited: asyncio.Future[ExitInfo | None]) -> None:
-        """SIGTERM the group, wait the grace period, SIGKILL, and wait for the exit."""
+        """SIGTERM the whole tree, wait the grace period, SIGKILL, and wait for the exit."""
         if self.pid is None:
             return
         if exited.done():
             if not exited.cancelled() and isinstance(exited.exception(), TemplateLost):
                 self._kill_orphan()
+            await self._end_leftovers()
             return
-        kill_group(self.pid, signal.SIGTERM)
-        done, _ = await asyncio.wait({exited}, timeout=self.spec.grace_s)
-        if not done:
-            kill_group(self.pid, signal.SIGKILL)
+        if self.tree is not None:
+            await terminate_tree(self.tree, self.spec.grace_s)
+        else:
+            kill_group(self.pid, signal.SIGTERM)
+            done, _ = await asyncio.wait({exited}, timeout=self.spec.grace_s)
+            if not done:
+                kill_group(self.pid, signal.SIGKILL)
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await exited
+
+    async def _end_leftovers(self) -> None:
+        """Kill what the job left running after its own process ended (detached ones too)."""
+        if self.tree is not None:
+            await terminate_tree(self.tree, 0.0)
+        elif self.pid is not None:
+            kill_group(self.pid, signal.SIGKILL)
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def _start_watchdog(self) -> asyncio.Future[None] | None:
+        limits = self.spec.limits
+        if limits is None or self.tree is None:
+            return None
+        gpu_memory = gpu_memory_by_pid if self._gpu_lease and self._gpu_lease.gpus else None
+        self.watchdog = Watchdog(
+            self.tree,
+            limits,
+            interval_s=self.spec.watch_interval_s,
+            started=self.timings.launched,
+            gpu_memory=gpu_memory,
+        )
+        return asyncio.ensure_future(self._watch(self.watchdog))
+
+    async def _watch(self, watchdog: Watchdog) -> None:
+        breach = await watchdog.run()
+        self.stop(breach.error_type, breach.reason)
+
+    def _note_watch(self, report: Report) -> None:
+        report.limits = self.spec.limits
+        if self.watchdog is not None:
+            report.peak_rss_bytes = self.watchdog.record.peak_rss_bytes
 
     async def _drain(self, readers: list[asyncio.Future[None]]) -> None:
         if all(reader.done() for reader in readers):
@@ -376,6 +477,14 @@ class JobRun:
     async def emit(self, event: LogEvent) -> None:
         """An event of the job: into its response's output, and live to the caller."""
         self.output.append(event.as_output())
+        limits = self.spec.limits
+        if limits is not None and self.output.total > limits.output_flood_bytes:
+            self.stop(
+                ErrorType.OUTPUT_LIMIT,
+                f"killed: output {format_bytes(self.output.total)} over the"
+                f" {format_bytes(limits.output_flood_bytes)} limit (only the first and last"
+                f" {format_bytes(limits.max_output_bytes)} are kept)",
+            )
         if self._on_event is not None:
             await self._on_event(event)
 

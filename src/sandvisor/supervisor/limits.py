@@ -31,6 +31,12 @@ CHILD_OOM_SCORE_ADJ = 1000
 _AS_FACTOR = 2
 _AS_HEADROOM = 4 * GIB
 
+# Output past the kept head and tail is dropped; a job that writes this many times more than
+# is kept is stopped (output_limit): nearly all of it is thrown away, yet reading it costs the
+# supervisor CPU that other jobs need. The floor keeps a tiny kept size from stopping chatty jobs.
+_OUTPUT_FLOOD_FACTOR = 512
+_OUTPUT_FLOOD_FLOOR = 64 * 1024
+
 _Number = TypeVar("_Number", int, float)
 
 
@@ -116,6 +122,11 @@ class Limits:
     @property
     def memory_mb(self) -> int:
         return self.memory_bytes // MIB
+
+    @property
+    def output_flood_bytes(self) -> int:
+        """Output past which the job is stopped rather than only cut in the middle."""
+        return max(self.max_output_bytes, _OUTPUT_FLOOD_FLOOR) * _OUTPUT_FLOOD_FACTOR
 
     def rlimits(self) -> dict[str, tuple[int, int]]:
         """Kernel limits for the child, keyed by ``resource`` constant name: (soft, hard)."""

@@ -7,11 +7,18 @@ whether a result was ever sent, and after how long.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
+from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.process import ExitInfo, signal_name
+from sandvisor.supervisor.watchdog import format_bytes
+
+#: A SIGKILL we did not send, with the job's memory at least this share of its limit, is taken
+#: for the kernel's OOM killer even without the kernel's own count (not every host exposes it).
+OOM_NEAR_LIMIT = 0.9
 
 SIGSEGV_HINT = {
     11: "segmentation fault",
@@ -35,6 +42,9 @@ class Report:
     channel_error: str | None = None  # the protocol channel broke
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    limits: Limits | None = None  # the job's limits, to name a breach the kernel acted on
+    peak_rss_bytes: int = 0  # the watchdog's highest sample of the job's tree
+    oom_kills: int = 0  # kernel OOM kills counted in our cgroup while the job ran
 
 
 def failure(
@@ -69,12 +79,28 @@ def _from_error_frame(report: Report) -> FunctionResponse:
         error_type = ErrorType(report.error.get("kind"))
     except ValueError:
         error_type = ErrorType.USER_EXCEPTION
+    summary = str(report.error.get("summary") or "the job failed")
+    limits = report.limits
+    address_space = _address_space_limit(limits)
+    refused = error_type is ErrorType.USER_EXCEPTION and summary.startswith("MemoryError")
+    if refused and limits is not None and address_space:
+        # With RLIMIT_AS set, a MemoryError is the kernel refusing an allocation far past
+        # the job's memory limit: the limit is the cause, whatever the traceback says.
+        error_type = ErrorType.MEMORY_LIMIT
+        summary = (
+            f"memory: an allocation was refused by the {format_bytes(address_space)}"
+            f" address-space limit (set from the {format_bytes(limits.memory_bytes)} memory"
+            f" limit); {summary}"
+        )
     return failure(
-        error_type,
-        str(report.error.get("summary") or "the job failed"),
-        str(report.error.get("detail") or ""),
-        **exit_fields(report.exit),
+        error_type, summary, str(report.error.get("detail") or ""), **exit_fields(report.exit)
     )
+
+
+def _address_space_limit(limits: Limits | None) -> int:
+    if limits is None:
+        return 0
+    return limits.rlimits().get("RLIMIT_AS", (0, 0))[0]
 
 
 def _from_exit(report: Report) -> FunctionResponse:
@@ -84,12 +110,7 @@ def _from_exit(report: Report) -> FunctionResponse:
         reason = report.channel_error or "the job's process ended and could not be reaped"
         return failure(ErrorType.LOST, f"lost: {reason}{after}")
     if exit_info.signal is not None:
-        name = signal_name(exit_info.signal)
-        hint = SIGSEGV_HINT.get(exit_info.signal)
-        what = f"killed by {name}" + (f" ({hint})" if hint else "")
-        return failure(
-            ErrorType.SIGNAL, f"{what}{after}, before returning a result", **exit_fields(exit_info)
-        )
+        return _from_signal(report, exit_info, after)
     code = exit_info.exit_code
     detail = f"the protocol channel broke: {report.channel_error}" if report.channel_error else ""
     hint = " (sys.exit() or os._exit() in the job?)" if code in (0, 1) or code is None else ""
@@ -99,3 +120,46 @@ def _from_exit(report: Report) -> FunctionResponse:
         detail,
         **exit_fields(exit_info),
     )
+
+
+def _from_signal(report: Report, exit_info: ExitInfo, after: str) -> FunctionResponse:
+    """A signal we did not send: a CPU limit, the kernel's OOM killer, a crash, or someone else."""
+    signum = exit_info.signal
+    assert signum is not None
+    fields = exit_fields(exit_info)
+    name = signal_name(signum)
+    limits = report.limits
+    cpu_s = exit_info.utime + exit_info.stime
+    cpu_limit = limits.cpu_s if limits is not None else None
+    if signum == signal.SIGXCPU or (
+        signum == signal.SIGKILL and cpu_limit is not None and cpu_s >= cpu_limit
+    ):
+        limit = f"the {cpu_limit:g} s limit" if cpu_limit is not None else "its limit"
+        return failure(
+            ErrorType.CPU_LIMIT,
+            f"killed: CPU time {cpu_s:.1f} s reached {limit} ({name}){after}",
+            **fields,
+        )
+    if signum == signal.SIGKILL and (verdict := _oom_verdict(report, exit_info, after)):
+        return failure(ErrorType.MEMORY_LIMIT, verdict, **fields)
+    hint = SIGSEGV_HINT.get(signum)
+    what = f"killed by {name}" + (f" ({hint})" if hint else "")
+    return failure(ErrorType.SIGNAL, f"{what}{after}, before returning a result", **fields)
+
+
+def _oom_verdict(report: Report, exit_info: ExitInfo, after: str) -> str | None:
+    """Why a SIGKILL we did not send was the kernel's OOM killer, or None if nothing says so."""
+    peak = max(exit_info.maxrss_kb * 1024, report.peak_rss_bytes)
+    limit = report.limits.memory_bytes if report.limits is not None else None
+    of_limit = f" (limit {format_bytes(limit)})" if limit else ""
+    if report.oom_kills:
+        return (
+            f"killed by the kernel's OOM killer (SIGKILL){after}; peak memory"
+            f" {format_bytes(peak)}{of_limit}: the machine ran out of memory"
+        )
+    if limit and peak >= OOM_NEAR_LIMIT * limit:
+        return (
+            f"killed by SIGKILL{after} with memory at {format_bytes(peak)}, near the"
+            f" {format_bytes(limit)} limit: most likely the kernel's OOM killer"
+        )
+    return None

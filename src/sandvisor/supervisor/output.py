@@ -47,8 +47,10 @@ class OutputBuffer:
         self._tail: list[str] = []
         self._tail_size = 0
         self.dropped = 0
+        self.total = 0  # everything appended, kept or not
 
     def append(self, text: str) -> None:
+        self.total += len(text)
         room = self._head_limit - self._head_size
         if room > 0:
             piece = text[:room]

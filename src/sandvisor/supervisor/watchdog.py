@@ -32,6 +32,13 @@ class Breach:
     error_type: ErrorType
     message: str
 
+    @property
+    def reason(self) -> str:
+        """The response's first line: "timed out after ..." or "killed: memory ..."."""
+        if self.error_type is ErrorType.TIMEOUT:
+            return self.message
+        return f"killed: {self.message}"
+
 
 @dataclass
 class WatchRecord:

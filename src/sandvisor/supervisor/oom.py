@@ -1,0 +1,56 @@
+"""The kernel's count of OOM kills in our memory cgroup: evidence that a SIGKILL was the OOM killer.
+
+cgroup v2 keeps it as ``oom_kill`` in ``memory.events``, v1 in ``memory.oom_control``. A job
+whose child died of a SIGKILL we did not send while this count went up was killed by the OOM
+killer (or shared the machine with one that was); the count is read before and after each job.
+None where no cgroup file says: the classification then relies on peak memory alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _counter_files() -> list[Path]:
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # v2: one unified hierarchy
+            files.append(_CGROUP_ROOT / relative / "memory.events")
+        elif "memory" in controllers.split(","):
+            files.append(_CGROUP_ROOT / "memory" / relative / "memory.oom_control")
+    # Inside a cgroup namespace the path above may not be mounted; the mount root is ours then.
+    files += [_CGROUP_ROOT / "memory.events", _CGROUP_ROOT / "memory" / "memory.oom_control"]
+    return files
+
+
+def _read_oom_kill(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+_source: Path | None = None
+_searched = False
+
+
+def oom_kill_count() -> int | None:
+    """OOM kills so far in the supervisor's memory cgroup, or None where the kernel does not say."""
+    global _source, _searched
+    if not _searched:
+        _searched = True
+        _source = next((f for f in _counter_files() if _read_oom_kill(f) is not None), None)
+    return None if _source is None else _read_oom_kill(_source)
