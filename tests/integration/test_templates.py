@@ -23,10 +23,12 @@ import pytest
 from tests.helpers import function_request, make_settings
 from tests.wheelhouse import make_wheelhouse
 
+from sandvisor.protocol.frames import EndOfStream, encode_frame, read_frame
 from sandvisor.protocol.models import FunctionResponse
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.process import JobPipes
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.templates import TemplatePool, TemplateProcess
 
@@ -408,3 +410,61 @@ async def test_without_preload_each_job_imports_for_itself(
     results = [await ok(sup, function_request(USES_PROBE)) for _ in range(2)]
     assert not any(r["was_loaded"] for r in results)
     assert len(probe.read_text().split()) == 2
+
+
+# -- what a job left behind ------------------------------------------------------------------------
+
+LEAVES_A_DETACHED_SLEEPER = """
+import subprocess, sys
+def main():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             start_new_session=True)
+    return child.pid
+"""
+
+
+async def run_on(template: TemplateProcess, code: str, workdir: Path) -> tuple[int, Any]:
+    """One job forked straight from ``template`` (no Supervisor): its pid and its result."""
+    frame = {
+        "t": "job",
+        "job_id": workdir.name,
+        "request": {"function_name": "main", "function_code": code, "serialization_format": "json"},
+        "workdir": str(workdir),
+        "env": dict(os.environ),
+        "rlimits": {},
+    }
+    pipes = JobPipes.create()
+    try:
+        pipes.channel.sendall(encode_frame(frame))
+        child = await template.fork(pipes)
+        pipes.close_child_ends()
+        frames = await asyncio.to_thread(read_frames, pipes.channel.fileno())
+        await child.exited
+    finally:
+        pipes.close()
+    result = next(f["fields"]["json_result"] for f in frames if f["t"] == "result")
+    return child.pid, result
+
+
+def read_frames(fd: int) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        try:
+            frames.append(read_frame(fd))
+        except EndOfStream:
+            return frames
+
+
+async def test_template_tells_whether_a_job_left_anything_behind(tmp_path: Path) -> None:
+    template = await TemplateProcess.start(BASE, [], dict(os.environ))
+    try:
+        pid, _ = await run_on(template, "def main():\n    return 1\n", tmp_path / "plain")
+        assert template.job_left_nothing(pid)
+        pid, stray = await run_on(template, LEAVES_A_DETACHED_SLEEPER, tmp_path / "detached")
+        await wait_until(lambda: stray in (template.strays() or []))
+        assert not template.job_left_nothing(pid)  # out of its group, but the template's child
+        os.kill(stray, signal.SIGKILL)
+        await wait_until(lambda: template.strays() == [])  # the template reaps it
+        assert template.job_left_nothing(pid)
+    finally:
+        await template.stop()

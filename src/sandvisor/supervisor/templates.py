@@ -218,6 +218,34 @@ class TemplateProcess:
                 waiter.exception()  # a job already gone may never await it; no warning then
         self._exits.clear()
 
+    def strays(self) -> list[int] | None:
+        """The template's children that are not jobs it forked; None if the kernel cannot say.
+
+        The template is a child subreaper: a process that a job left running (or that detached
+        with ``setsid`` and a double fork) becomes the template's child once the job's own
+        process is gone, unless it is still in the job's process group.
+        """
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return None  # no CONFIG_PROC_CHILDREN, or the template is gone
+        return [pid for pid in map(int, text.split()) if pid not in self._exits]
+
+    def job_left_nothing(self, pid: int) -> bool:
+        """Whether job ``pid``, already reaped, certainly left no process behind.
+
+        True only when its process group is empty and the template has no stray children: then
+        a scan of the process table would find nothing (and costs more than a short job).
+        """
+        try:
+            os.killpg(pid, 0)
+            return False  # something (perhaps a zombie) is still in its group
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+        return self.alive and self.strays() == []
+
     @property
     def busy(self) -> bool:
         return bool(self._exits) or bool(self._pending_forks)
