@@ -8,6 +8,7 @@ supervisor's ErrorType value), a one-line ``summary`` and a ``detail``; the chil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
@@ -28,6 +29,8 @@ from sandvisor.sandbox_child.logs import install_log_forwarding
 from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir
 
 JOB_MODULE_NAME = "__sandvisor_job__"
+#: Exit status of a child whose protocol channel broke (EX_SOFTWARE); the supervisor says "lost".
+CHANNEL_BROKEN_EXIT = 70
 
 
 class JobFailure(Exception):
@@ -301,8 +304,9 @@ def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)
     except BaseException:  # the channel itself broke: the supervisor sees no result and says so
-        traceback.print_exc()
-        code = 70  # EX_SOFTWARE
+        code = CHANNEL_BROKEN_EXIT
+        with contextlib.suppress(Exception):  # stderr may be closed too (a job closed every fd)
+            traceback.print_exc()
     finally:
         flush_stdio()
         os._exit(code)

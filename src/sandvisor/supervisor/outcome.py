@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
+from sandvisor.sandbox_child.runner import CHANNEL_BROKEN_EXIT
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.process import ExitInfo, signal_name
 from sandvisor.supervisor.watchdog import format_bytes
@@ -112,6 +113,13 @@ def _from_exit(report: Report) -> FunctionResponse:
     if exit_info.signal is not None:
         return _from_signal(report, exit_info, after)
     code = exit_info.exit_code
+    if code == CHANNEL_BROKEN_EXIT:
+        return failure(
+            ErrorType.LOST,
+            f"lost: the job's protocol channel broke before it answered{after}"
+            " (did the job close or write to file descriptor 3?)",
+            **exit_fields(exit_info),
+        )
     detail = f"the protocol channel broke: {report.channel_error}" if report.channel_error else ""
     hint = " (sys.exit() or os._exit() in the job?)" if code in (0, 1) or code is None else ""
     return failure(
