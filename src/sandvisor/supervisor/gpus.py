@@ -214,12 +214,19 @@ class GpuPool:
         """GPUs a job gets when its request does not say: one when there are any."""
         return 1 if self.gpus else 0
 
-    async def acquire(self, count: int) -> GpuLease:
-        """Wait until ``count`` GPUs are free and no earlier job is waiting, then hold them."""
+    def try_acquire(self, count: int) -> GpuLease | None:
+        """Hold ``count`` GPUs now if they are free and no earlier job waits; else None."""
         if count < 0 or count > self.total:
             raise GpuError(f"asked for {count} GPU(s); this worker has {self.total}")
         if not self._waiters and count <= len(self._free):
             return self._lease(self._take(count))
+        return None
+
+    async def acquire(self, count: int) -> GpuLease:
+        """Wait until ``count`` GPUs are free and no earlier job is waiting, then hold them."""
+        lease = self.try_acquire(count)
+        if lease is not None:
+            return lease
         waiter = _Waiter(count, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         try:

@@ -126,14 +126,17 @@ class Watchdog:
         return None
 
     async def run(self) -> Breach:
-        """Sample until a limit is crossed; runs until cancelled while the job behaves."""
+        """Sample until a limit is crossed; runs until cancelled while the job behaves.
+
+        The first sample is one interval in: most jobs end sooner, and cost no scan at all.
+        """
         while True:
-            breach = self.check()
-            if breach is not None:
-                return breach
             # Wake at the deadline itself rather than up to an interval after it.
             left = self.limits.timeout_s - self.elapsed()
             await asyncio.sleep(max(0.0, min(self.interval_s, left)))
+            breach = self.check()
+            if breach is not None:
+                return breach
 
     def _note(self, sample: TreeSample) -> None:
         record = self.record
