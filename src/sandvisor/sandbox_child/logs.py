@@ -29,10 +29,29 @@ class FrameHandler(logging.Handler):
             self.handleError(record)
 
 
+#: A handler a template made before forking (:func:`prepare`); the job it forks only attaches it.
+_prepared: FrameHandler | None = None
+
+
+def prepare() -> None:
+    """Build the handler now, in a template: a forked job would pay for it in page copies.
+
+    It is not attached to anything and has no channel until a job installs it, in its own child.
+    """
+    global _prepared
+    _prepared = FrameHandler(Channel(-1))
+
+
 def install_log_forwarding(channel: Channel) -> None:
     """Root logger to INFO through our handler, so ``logging.info`` in a job is seen, as users expect."""
+    global _prepared
+    prepared, _prepared = _prepared, None
+    if prepared is None:
+        prepared = FrameHandler(channel)
+    else:
+        prepared._channel = channel  # the job's own channel: one lock for all its frames
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(FrameHandler(channel))
+    root.addHandler(prepared)
     root.setLevel(logging.INFO)

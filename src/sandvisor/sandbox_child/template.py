@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from sandvisor.protocol.frames import encode_frame
+from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import own_session, reset_signals
 from sandvisor.sandbox_child.runner import run_job
 
@@ -177,6 +178,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     become_subreaper()
     failed = preload(preloads)
     template = Template(control)
+    logs.prepare()
     freeze_heap()
     template.send(
         {

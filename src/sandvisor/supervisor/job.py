@@ -40,7 +40,7 @@ from sandvisor.supervisor.process import (
     wait_for_exit,
 )
 from sandvisor.supervisor.proctree import ProcessTree, job_comm, terminate_tree
-from sandvisor.supervisor.templates import TemplateLost, TemplatePool
+from sandvisor.supervisor.templates import TemplateLost, TemplatePool, TemplateProcess
 from sandvisor.supervisor.watchdog import Watchdog, format_bytes
 
 EventSink = Callable[[LogEvent], Awaitable[None]]
@@ -176,6 +176,7 @@ class JobRun:
         self.tree: ProcessTree | None = None
         self.watchdog: Watchdog | None = None
         self._gpu_lease: GpuLease | None = None
+        self._template: TemplateProcess | None = None  # the one that forked the child, if any
         self.output = OutputBuffer(spec.max_output_bytes)
         self.timings = Timings()
         self.pid: int | None = None
@@ -275,6 +276,7 @@ class JobRun:
         self.timings.launched = time.monotonic()
         # Its template is a subreaper: what the job's processes orphan goes there, not to us.
         template = templates.running.get(self.spec.python) if templates is not None else None
+        self._template = template
         self.tree = ProcessTree(
             self.spec.job_id, self.pid, adopters=(template.pid,) if template is not None else ()
         )
@@ -383,6 +385,10 @@ class JobRun:
 
     async def _end_leftovers(self) -> None:
         """Kill what the job left running after its own process ended (detached ones too)."""
+        # Reaped by its template: an empty group and no stray child of the template mean nothing
+        # is left, and a scan of /proc (which costs more than a short job) would find nothing.
+        if self._template and self.pid and self._template.job_left_nothing(self.pid):
+            return
         if self.tree is not None:
             await terminate_tree(self.tree, 0.0)
         elif self.pid is not None:
