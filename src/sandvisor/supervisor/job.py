@@ -232,9 +232,20 @@ class JobRun:
         limits = self.spec.limits
         if self._gpus is None or limits is None or not self._gpus.total:
             return None
-        acquiring = asyncio.ensure_future(self._gpus.acquire(limits.gpus))
-        if not acquiring.done() and self._gpus.free < limits.gpus:
+        self._gpu_lease = self._gpus.try_acquire(limits.gpus)
+        if self._gpu_lease is None:
             await self.say(f"waiting for {limits.gpus} GPU(s): all are held by other jobs")
+            waited = await self._wait_for_gpus(limits.gpus)
+            if waited is not None:
+                return waited
+        assert self._gpu_lease is not None
+        # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
+        self.spec.env = self.spec.env | self._gpu_lease.environ()
+        return None
+
+    async def _wait_for_gpus(self, count: int) -> FunctionResponse | None:
+        assert self._gpus is not None
+        acquiring = asyncio.ensure_future(self._gpus.acquire(count))
         stop = asyncio.ensure_future(self.stopped())
         try:
             await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -247,8 +258,6 @@ class JobRun:
             error_type, reason = self._stop_reason or (ErrorType.CANCELLED, "cancelled")
             return failure(error_type, reason, stdout=self.output.text())
         self._gpu_lease = acquiring.result()
-        # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
-        self.spec.env = self.spec.env | self._gpu_lease.environ()
         return None
 
     async def say(self, text: str) -> None:
@@ -411,6 +420,8 @@ class JobRun:
         return asyncio.ensure_future(self._watch(self.watchdog))
 
     async def _watch(self, watchdog: Watchdog) -> None:
+        # The watchdog's first sample is one interval in (see Watchdog.run): a job that ends
+        # sooner is never sampled, since a scan of /proc costs more than such a job.
         breach = await watchdog.run()
         self.stop(breach.error_type, breach.reason)
 
