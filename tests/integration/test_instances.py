@@ -81,6 +81,11 @@ class Counter:
         import os
 
         return os.getpid()
+
+    def visible_gpus(self):
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
 """
 
 
@@ -371,3 +376,27 @@ async def test_streaming_a_class_call(small: Supervisor):
     assert ok(response).json_result == 2
     texts = "".join(event.text for event in logs)
     assert "creating instance" in texts and "counter is now 2" in texts
+
+
+# -- GPUs -------------------------------------------------------------------------------------
+
+
+async def test_an_instance_holds_its_gpu_and_gives_it_up_when_idle_and_needed(tmp_path: Path):
+    async with Supervisor(make_settings(tmp_path / "home", gpus="0,1")) as sup:
+        a = ok(await sup.run(counter("visible_gpus")))
+        b = ok(await sup.run(counter("visible_gpus")))
+        assert {a.json_result, b.json_result} == {"0", "1"}
+        assert ok(await sup.run(again(a.instance_id, "visible_gpus"))).json_result == a.json_result
+        # Both GPUs are held by idle instances: a job that needs one gets the older one's.
+        job = ok(await sup.run(function_request(GPU_JOB, limits={"gpus": 1})))
+        assert job.json_result == b.json_result
+        assert await eventually_gone(b.instance_info["pid"])
+        assert sup.instances is not None and set(sup.instances.live) == {a.instance_id}
+        c = ok(await sup.run(counter("visible_gpus")))  # the job's GPU is free again
+        assert c.json_result == b.json_result and "waiting" not in c.stdout
+        d = ok(await sup.run(counter("visible_gpus")))  # none free: idle a gives its GPU up
+        assert d.json_result == a.json_result and "waiting for 1 GPU" in d.stdout
+        assert set(sup.instances.live) == {c.instance_id, d.instance_id}
+
+
+GPU_JOB = "import os\ndef main():\n    return os.environ.get('CUDA_VISIBLE_DEVICES')\n"

@@ -42,7 +42,7 @@ from sandvisor.supervisor.output import LineSplitter
 from sandvisor.supervisor.process import ExitInfo, JobPipes, kill_group
 from sandvisor.supervisor.proctree import ProcessTree, terminate_tree
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
-from sandvisor.supervisor.watchdog import Watchdog
+from sandvisor.supervisor.watchdog import GpuMemoryReader, Watchdog
 
 READ_CHUNK = 256 * 1024
 #: How long output pipes may stay open after the actor is gone and its tree killed.
@@ -86,6 +86,7 @@ class ActorProcess:
         self._max_frame = max_result_bytes + FRAME_OVERHEAD
         self._watch_interval_s = watch_interval_s
         self._on_exit = on_exit
+        self.gpu_memory: GpuMemoryReader | None = None  # set when it holds GPUs: counted too
         self.pid: int | None = None
         self.alive = False
         self.exit_info: ExitInfo | None = None
@@ -230,7 +231,11 @@ class ActorProcess:
         try:
             await self._release_idle_output(sink)
             watchdog = Watchdog(
-                self._tree, limits, interval_s=self._watch_interval_s, started=started
+                self._tree,
+                limits,
+                interval_s=self._watch_interval_s,
+                started=started,
+                gpu_memory=self.gpu_memory,
             )
             answer = asyncio.ensure_future(self._answers.get())
             stop = asyncio.ensure_future(stopped())
@@ -251,7 +256,7 @@ class ActorProcess:
                 report.stopped = stop.result()
             elif breach.done() and not breach.cancelled():
                 found = breach.result()
-                report.stopped = (found.error_type, f"killed: {found.message}")
+                report.stopped = (found.error_type, found.reason)
             return await self._ended(report, limits.grace_s)
         except BaseException:
             # The caller went away mid-call (its task cancelled): the method may still be

@@ -103,7 +103,7 @@ class Supervisor:
                 self.settings.max_templates, self.settings.preload, self._base_env
             )
             await self._templates.get(sys.executable)  # the base template is warm before any job
-        self.instances = InstanceRegistry(self.settings, self._templates, self.envs)
+        self.instances = InstanceRegistry(self.settings, self._templates, self.envs, self.gpus)
         self.instances.start()
         return self
 

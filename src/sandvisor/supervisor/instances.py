@@ -32,6 +32,7 @@ from typing import Any
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.actor_process import ActorProcess, Exchange
 from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
+from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
 from sandvisor.supervisor.job import JobRun
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.outcome import Report
@@ -63,6 +64,7 @@ class Instance:
     actor: ActorProcess
     limits: Limits  # the creating request's: memory, processes and CPU hold for the actor's life
     lease: EnvLease | None = None
+    gpu_lease: GpuLease | None = None  # held for the actor's life: its CUDA state lives on them
     created_at: str = field(default_factory=now_iso)
     last_used: str = field(default_factory=now_iso)
     last_used_at: float = field(default_factory=time.monotonic)
@@ -90,11 +92,16 @@ class InstanceRegistry:
     """The live instances of one Supervisor; ``call`` from any number of tasks."""
 
     def __init__(
-        self, settings: Settings, templates: TemplatePool | None, envs: EnvStore | None
+        self,
+        settings: Settings,
+        templates: TemplatePool | None,
+        envs: EnvStore | None,
+        gpus: GpuPool | None = None,
     ) -> None:
         self._settings = settings
         self._templates = templates
         self._envs = envs
+        self._gpus = gpus
         self._live: collections.OrderedDict[str, Instance] = collections.OrderedDict()
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stopping: set[asyncio.Task[None]] = set()
@@ -201,6 +208,10 @@ class InstanceRegistry:
         try:
             if not instance.started:
                 instance.started = True
+                stopped = await self._hold_gpus(instance, run, limits)
+                if stopped is not None:
+                    self._lose(instance, "its call was stopped before it started")
+                    return self._not_run(run, instance, stopped)
                 await self._say_created(run, instance, why_new)
                 exchange = await instance.actor.start(run, actor_limits, started, run.stopped)
                 run.retried = instance.actor.retried_on_spawn
@@ -216,6 +227,53 @@ class InstanceRegistry:
             raise
         instance.method_calls += 1
         return await self._respond(run, instance, exchange, recreated)
+
+    async def _hold_gpus(
+        self, instance: Instance, run: JobRun, limits: Limits
+    ) -> tuple[ErrorType, str] | None:
+        """GPUs for the actor's life, waited for in turn; the stop reason if stopped meanwhile.
+
+        Idle instances holding GPUs are stopped, least recently used first, to make room.
+        """
+        pool = self._gpus
+        if pool is None or not pool.total:
+            return None
+        lease = pool.try_acquire(limits.gpus)
+        if lease is None:
+            self._free_gpus(limits.gpus)
+            await run.say(f"waiting for {limits.gpus} GPU(s): all are held by jobs or instances")
+            acquiring = asyncio.ensure_future(pool.acquire(limits.gpus))
+            stop = asyncio.ensure_future(run.stopped())
+            try:
+                await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not acquiring.done():
+                    acquiring.cancel()
+                stop.cancel()
+                await asyncio.gather(acquiring, stop, return_exceptions=True)
+            if acquiring.cancelled() or acquiring.exception() is not None:
+                if stop.done() and not stop.cancelled():
+                    return stop.result()
+                return (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
+            lease = acquiring.result()
+        instance.gpu_lease = lease
+        instance.actor.spec.env = instance.actor.spec.env | lease.environ()
+        if lease.gpus:
+            instance.actor.gpu_memory = gpu_memory_by_pid
+        return None
+
+    def _free_gpus(self, wanted: int) -> None:
+        """Stop idle instances that hold GPUs (least recently used first) until ``wanted`` free."""
+        if self._gpus is None:
+            return
+        freeing = self._gpus.free
+        for instance in list(self._live.values()):
+            if freeing >= wanted:
+                return
+            held = instance.gpu_lease.gpus if instance.gpu_lease is not None else ()
+            if held and instance.pending == 0:
+                self._retire(instance, "was stopped to free its GPU(s) for another job")
+                freeing += len(held)
 
     async def _say_created(self, run: JobRun, instance: Instance, why_new: str | None) -> None:
         key = instance.instance_id
@@ -350,6 +408,8 @@ class InstanceRegistry:
         finally:
             if instance.lease is not None:
                 instance.lease.release()
+            if instance.gpu_lease is not None:  # only once its process is gone
+                instance.gpu_lease.release()
 
     def _on_actor_exit(self, actor: ActorProcess) -> None:
         """An idle actor died (a background thread crashed it, or it was killed from outside)."""
@@ -361,8 +421,12 @@ class InstanceRegistry:
     async def _reap_idle(self) -> None:
         ttl = self._settings.instance_ttl_s
         interval = min(max(ttl / 4, 0.05), 30.0)
+        if self._gpus is not None and self._gpus.total:
+            interval = min(interval, 0.5)  # a job waiting for a GPU an idle instance holds
         while True:
             await asyncio.sleep(interval)
+            if self._gpus is not None and self._gpus.waiting:
+                self._free_gpus(self._gpus.free + 1)
             now = time.monotonic()
             for instance in list(self._live.values()):
                 if instance.pending == 0 and now - instance.last_used_at > ttl:
