@@ -373,6 +373,32 @@ async def test_the_workers_secrets_are_not_seen(
             await assert_clean(sup, job_id, baseline)
 
 
+async def test_the_child_is_confined(sup: Supervisor) -> None:
+    code = """
+import os, resource
+def main():
+    with open("/proc/self/oom_score_adj") as handle:
+        oom = int(handle.read())
+    with open("/proc/self/comm") as handle:
+        comm = handle.read().strip()
+    limits = {name: list(resource.getrlimit(getattr(resource, name)))
+              for name in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_CPU")}
+    return {"oom": oom, "comm": comm, "limits": limits, "sid": os.getsid(0) == os.getpid()}
+"""
+    job_id = new_id()
+    limits = {"memory_mb": 256, "cpu_s": 30, "max_open_files": 100}
+    response = await sup.run(function_request(code, limits=limits), job_id=job_id)
+    assert response.success, response.error
+    seen = response.json_result
+    assert seen["oom"] == 1000
+    assert seen["comm"] == ("sv-" + job_id)[:15]
+    assert seen["sid"] is True
+    assert seen["limits"]["RLIMIT_CORE"] == [0, 0]
+    assert seen["limits"]["RLIMIT_NOFILE"] == [100, 100]
+    assert seen["limits"]["RLIMIT_CPU"][0] == 30
+    assert seen["limits"]["RLIMIT_AS"][0] >= 256 * 1024 * 1024
+
+
 async def _file_text(path: Path, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while not path.exists():
