@@ -225,11 +225,17 @@ class TemplateProcess:
         with ``setsid`` and a double fork) becomes the template's child once the job's own
         process is gone, unless it is still in the job's process group.
         """
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        try:  # raw reads: this runs once per job, and a text file object costs more than it
+            fd = os.open(f"/proc/{self.pid}/task/{self.pid}/children", os.O_RDONLY)
         except OSError:
             return None  # no CONFIG_PROC_CHILDREN, or the template is gone
-        return [pid for pid in map(int, text.split()) if pid not in self._exits]
+        try:
+            data = b"".join(iter(lambda: os.read(fd, 65536), b""))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return [pid for pid in map(int, data.split()) if pid not in self._exits]
 
     def job_left_nothing(self, pid: int) -> bool:
         """Whether job ``pid``, already reaped, certainly left no process behind.
