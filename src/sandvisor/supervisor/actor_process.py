@@ -37,6 +37,7 @@ from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent, Stream
 from sandvisor.supervisor.job import FRAME_OVERHEAD, JobSpec, launch_child, send_ahead
 from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report
 from sandvisor.supervisor.output import LineSplitter
 from sandvisor.supervisor.process import ExitInfo, JobPipes, kill_group
@@ -230,6 +231,7 @@ class ActorProcess:
         self._running_at = None
         try:
             await self._release_idle_output(sink)
+            oom_kills = oom_kill_count()  # to tell the kernel's OOM killer from other SIGKILLs
             watchdog = Watchdog(
                 self._tree,
                 limits,
@@ -251,13 +253,20 @@ class ActorProcess:
             frame = answer.result() if answer.done() and not answer.cancelled() else None
             if frame is not None:
                 return self._answered(frame)
-            report = Report()
+            report = Report(
+                limits=limits,
+                peak_rss_bytes=watchdog.record.peak_rss_bytes,
+                elapsed_s=time.monotonic() - started,
+            )
             if stop.done() and not stop.cancelled():
                 report.stopped = stop.result()
             elif breach.done() and not breach.cancelled():
                 found = breach.result()
                 report.stopped = (found.error_type, found.reason)
-            return await self._ended(report, limits.grace_s)
+            exchange = await self._ended(report, limits.grace_s)
+            if oom_kills is not None:
+                report.oom_kills = (oom_kill_count() or oom_kills) - oom_kills
+            return exchange
         except BaseException:
             # The caller went away mid-call (its task cancelled): the method may still be
             # running, and its answer would be taken for the next call's. The actor goes.
