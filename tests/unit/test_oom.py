@@ -20,3 +20,13 @@ def test_both_cgroup_formats_are_read(tmp_path: Path) -> None:
 def test_this_machine_answers_a_count_or_none() -> None:
     count = oom_kill_count()
     assert count is None or count >= 0
+
+
+def test_the_default_memory_limit_fits_in_the_container() -> None:
+    from sandvisor.supervisor.oom import cgroup_memory_limit
+    from sandvisor.supervisor.settings import default_memory_mb
+
+    limit = cgroup_memory_limit()
+    assert limit is None or limit > 0
+    if limit is not None:
+        assert default_memory_mb() * 1024 * 1024 < limit

@@ -1,4 +1,4 @@
-"""The kernel's count of OOM kills in our memory cgroup: evidence that a SIGKILL was the OOM killer.
+"""Our memory cgroup: its limit, and its count of OOM kills (evidence that a SIGKILL was the OOM killer).
 
 cgroup v2 keeps it as ``oom_kill`` in ``memory.events``, v1 in ``memory.oom_control``. A job
 whose child died of a SIGKILL we did not send while this count went up was killed by the OOM
@@ -13,7 +13,7 @@ from pathlib import Path
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _counter_files() -> list[Path]:
+def _cgroup_files(v2_name: str, v1_name: str) -> list[Path]:
     files = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -23,12 +23,28 @@ def _counter_files() -> list[Path]:
         _, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
         if controllers == "":  # v2: one unified hierarchy
-            files.append(_CGROUP_ROOT / relative / "memory.events")
+            files.append(_CGROUP_ROOT / relative / v2_name)
         elif "memory" in controllers.split(","):
-            files.append(_CGROUP_ROOT / "memory" / relative / "memory.oom_control")
+            files.append(_CGROUP_ROOT / "memory" / relative / v1_name)
     # Inside a cgroup namespace the path above may not be mounted; the mount root is ours then.
-    files += [_CGROUP_ROOT / "memory.events", _CGROUP_ROOT / "memory" / "memory.oom_control"]
+    files += [_CGROUP_ROOT / v2_name, _CGROUP_ROOT / "memory" / v1_name]
     return files
+
+
+def cgroup_memory_limit() -> int | None:
+    """Bytes our memory cgroup may use, or None when unlimited or unknown.
+
+    In a container this is often far below the host's RAM that psutil reports, and it is the
+    limit at which the kernel's OOM killer acts.
+    """
+    for path in _cgroup_files("memory.max", "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        # v2 says "max"; v1 says a number near 2**63 for no limit.
+        return int(text) if text.isdigit() and int(text) < 2**60 else None
+    return None
 
 
 def _read_oom_kill(path: Path) -> int | None:
@@ -52,5 +68,12 @@ def oom_kill_count() -> int | None:
     global _source, _searched
     if not _searched:
         _searched = True
-        _source = next((f for f in _counter_files() if _read_oom_kill(f) is not None), None)
+        _source = next(
+            (
+                f
+                for f in _cgroup_files("memory.events", "memory.oom_control")
+                if _read_oom_kill(f) is not None
+            ),
+            None,
+        )
     return None if _source is None else _read_oom_kill(_source)

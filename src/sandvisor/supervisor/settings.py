@@ -15,6 +15,8 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sandvisor.supervisor.oom import cgroup_memory_limit
+
 ENV_PREFIX = "SANDVISOR_"
 RUNPOD_VOLUME = Path("/runpod-volume")
 
@@ -43,8 +45,11 @@ def default_home() -> Path:
 
 
 def default_memory_mb() -> int:
-    """Three quarters of the machine's RAM: our watchdog acts well before the kernel's OOM killer."""
-    return int(psutil.virtual_memory().total * 0.75 // (1024 * 1024))
+    """Three quarters of the machine's RAM, or of the container's memory limit when lower: our
+    watchdog acts well before the kernel's OOM killer."""
+    total = psutil.virtual_memory().total
+    limit = cgroup_memory_limit()
+    return int(min(total, limit or total) * 0.75 // (1024 * 1024))
 
 
 class Settings(BaseModel):
