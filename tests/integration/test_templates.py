@@ -468,3 +468,31 @@ async def test_template_tells_whether_a_job_left_anything_behind(tmp_path: Path)
         assert template.job_left_nothing(pid)
     finally:
         await template.stop()
+
+
+async def test_a_preload_that_kills_the_template_costs_jobs_a_fresh_start_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modules = tmp_path / "preloads"
+    modules.mkdir()
+    (modules / "sv_fatal_preload.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+    settings = make_settings(tmp_path / "home", preload=["sv_fatal_preload"])
+    async with Supervisor(settings) as sup:  # starts, though its base template could not
+        pool = pool_of(sup)
+        assert pool.running == {} and pool.started == 0
+        for attempt in range(2):
+            events: list[LogEvent] = []
+            response: FunctionResponse | None = None
+            async for item in sup.stream(function_request(WHO_AM_I)):
+                if isinstance(item, FunctionResponse):
+                    response = item
+                else:
+                    events.append(item)
+            assert response is not None and response.success, response and response.error
+            assert not response.json_result["forked"]  # a fresh interpreter ran it
+            said = " ".join(e.text for e in events if e.stream == "system")
+            assert "did not start" in said and "fresh interpreter" in said
+            if attempt:  # no second try to start it so soon: straight to a fresh interpreter
+                assert "failed to start" in said
+        assert pool.started == 0 and pool.running == {}

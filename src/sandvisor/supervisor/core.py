@@ -34,7 +34,7 @@ from sandvisor.supervisor.outcome import failure
 from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.proctree import become_subreaper
 from sandvisor.supervisor.settings import Settings
-from sandvisor.supervisor.templates import TemplatePool
+from sandvisor.supervisor.templates import TemplateLost, TemplatePool
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ class Supervisor:
             self._templates = TemplatePool(
                 self.settings.max_templates, self.settings.preload, self._base_env
             )
-            await self._templates.get(sys.executable)  # the base template is warm before any job
+            try:
+                await self._templates.get(sys.executable)  # warm before any job
+            except TemplateLost as exc:  # jobs still run, each in a fresh interpreter
+                log.warning("%s; jobs start fresh interpreters for now", exc)
         self.instances = InstanceRegistry(self.settings, self._templates, self.envs, self.gpus)
         self.instances.start()
         return self

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 2.0
+#: After a template fails to start, jobs of its env spawn fresh interpreters this long before the
+#: next try: a preload that crashes or hangs costs each job a fresh start, not a failed one.
+START_BACKOFF_S = 30.0
 
 
 class TemplateLost(Exception):
@@ -108,10 +111,11 @@ class TemplateProcess:
         reader_sock = self._control.dup()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=reader_sock)
         try:
-            ready = await asyncio.wait_for(read_frame_async(self._reader), START_TIMEOUT_S)
-        except (EndOfStream, FrameError, asyncio.TimeoutError) as exc:
+            ready = await self._ready()
+        except TemplateLost:
+            self._stopping = True
             await self.stop()
-            raise TemplateLost(f"template for {self.python} did not start: {exc!r}") from exc
+            raise
         self.preloaded = list(ready.get("preloaded", []))
         for name, error in (ready.get("preload_failed") or {}).items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
@@ -126,6 +130,18 @@ class TemplateProcess:
             asyncio.create_task(self._read_replies()),
             asyncio.create_task(self._watch_exit()),
         ]
+
+    async def _ready(self) -> Frame:
+        assert self._reader is not None
+        try:
+            return await asyncio.wait_for(read_frame_async(self._reader), START_TIMEOUT_S)
+        except EndOfStream:
+            why = "it ended before it was ready (did a preload crash it?)"
+        except FrameError as exc:
+            why = f"it broke its protocol ({exc})"
+        except asyncio.TimeoutError:
+            why = f"it was not ready within {START_TIMEOUT_S:g} s (is a preload stuck?)"
+        raise TemplateLost(f"the template for {self.python} did not start: {why}")
 
     async def fork(self, pipes: JobPipes) -> ForkedChild:
         """Fork a job child with the pipes' child ends as its channel, stdout and stderr."""
@@ -285,6 +301,7 @@ class TemplatePool:
         self._env = dict(env)
         self._templates: dict[str, TemplateProcess] = {}
         self._starting: dict[str, asyncio.Task[TemplateProcess]] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why) of a failed start
         self.started = 0  # templates started over the pool's life; tests and benchmarks read it
 
     @property
@@ -317,6 +334,7 @@ class TemplatePool:
             log.info("template for %s died; starting a new one", key)
             self._templates.pop(key)
             await template.stop()
+        self._check_backoff(key)
         if key not in self._starting:
             self._starting[key] = asyncio.create_task(self._start(key, env or self._env))
         starting = self._starting[key]
@@ -326,8 +344,25 @@ class TemplatePool:
             if starting.done() and self._starting.get(key) is starting:
                 del self._starting[key]
 
+    def _check_backoff(self, key: str) -> None:
+        failed = self._failed.get(key)
+        if failed is None:
+            return
+        when, why = failed
+        ago = time.monotonic() - when
+        if ago < START_BACKOFF_S:
+            raise TemplateLost(
+                f"its template failed to start {ago:.0f} s ago ({why}); jobs there start fresh "
+                f"interpreters until {START_BACKOFF_S:g} s have passed"
+            )
+        del self._failed[key]
+
     async def _start(self, key: str, env: Mapping[str, str]) -> TemplateProcess:
-        template = await TemplateProcess.start(key, self._preload, env)
+        try:
+            template = await TemplateProcess.start(key, self._preload, env)
+        except TemplateLost as exc:
+            self._failed[key] = (time.monotonic(), str(exc))
+            raise
         self.started += 1
         self._templates[key] = template
         await self._evict_over_limit()
