@@ -84,9 +84,12 @@ def render(rows: list[Row]) -> str:
 def main() -> None:
     logging.getLogger("sandvisor").setLevel(logging.ERROR)  # preload misses etc. are expected
     names = [a for a in sys.argv[1:]] or modules()
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     rows = asyncio.run(collect(names))
     print(f"sandvisor benchmarks on {machine()}")
+    # Other work on the machine moves every figure: say how busy it was.
+    print(f"load average (1 min): {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after")
     print(render(rows))
     print(f"({time.perf_counter() - started:.0f} s; reproduce with `just bench`)")
 
