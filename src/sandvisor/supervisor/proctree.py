@@ -148,6 +148,21 @@ def snapshot(max_age_s: float = 0.0) -> dict[int, ProcInfo]:
     return table
 
 
+_children_cache: tuple[dict[int, ProcInfo], dict[int, list[ProcInfo]]] | None = None
+
+
+def _children_by_parent(table: dict[int, ProcInfo]) -> dict[int, list[ProcInfo]]:
+    """Parent pid -> children, built once per table: every job's tree reads the same one."""
+    global _children_cache
+    if _children_cache is not None and _children_cache[0] is table:
+        return _children_cache[1]
+    children: dict[int, list[ProcInfo]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info)
+    _children_cache = (table, children)
+    return children
+
+
 def _carries_job_id(pid: int, marker: bytes) -> bool:
     try:
         with open(f"{_PROC}/{pid}/environ", "rb") as f:
@@ -278,9 +293,7 @@ class ProcessTree:
         )
 
     def _descend(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> None:
-        children: dict[int, list[ProcInfo]] = {}
-        for info in table.values():
-            children.setdefault(info.ppid, []).append(info)
+        children = _children_by_parent(table)
         pending = list(found)
         while pending:
             for child in children.get(pending.pop(), ()):
@@ -296,8 +309,9 @@ class ProcessTree:
         comm = job_comm(self.job_id)
         marker = f"{JOB_ENV_VAR}={self.job_id}".encode()
         claimed = False
-        for info in table.values():
-            if info.ppid not in adopters or info.pid in found or info.key in self._strangers:
+        children = _children_by_parent(table)
+        for info in [child for adopter in adopters for child in children.get(adopter, ())]:
+            if info.pid in found or info.key in self._strangers:
                 continue
             if info.comm == comm or _carries_job_id(info.pid, marker):
                 found[info.pid] = info
