@@ -242,20 +242,9 @@ class InstanceRegistry:
         if lease is None:
             self._free_gpus(limits.gpus)
             await run.say(f"waiting for {limits.gpus} GPU(s): all are held by jobs or instances")
-            acquiring = asyncio.ensure_future(pool.acquire(limits.gpus))
-            stop = asyncio.ensure_future(run.stopped())
-            try:
-                await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not acquiring.done():
-                    acquiring.cancel()
-                stop.cancel()
-                await asyncio.gather(acquiring, stop, return_exceptions=True)
-            if acquiring.cancelled() or acquiring.exception() is not None:
-                if stop.done() and not stop.cancelled():
-                    return stop.result()
-                return (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
-            lease = acquiring.result()
+            lease = await run.acquire_gpus_unless_stopped(pool, limits.gpus)
+            if lease is None:
+                return run.stop_reason or (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
         instance.gpu_lease = lease
         instance.actor.spec.env = instance.actor.spec.env | lease.environ()
         if lease.gpus:

@@ -200,6 +200,11 @@ class JobRun:
         self.env_ms = env_ms
         self.timings = Timings()
 
+    @property
+    def stop_reason(self) -> tuple[ErrorType, str] | None:
+        """Why ``stop()`` was called, if it was."""
+        return self._stop_reason
+
     async def stopped(self) -> tuple[ErrorType, str]:
         """Wait until ``stop()`` is called; its reason."""
         await self._stop_requested.wait()
@@ -245,7 +250,15 @@ class JobRun:
 
     async def _wait_for_gpus(self, count: int) -> FunctionResponse | None:
         assert self._gpus is not None
-        acquiring = asyncio.ensure_future(self._gpus.acquire(count))
+        self._gpu_lease = await self.acquire_gpus_unless_stopped(self._gpus, count)
+        if self._gpu_lease is None:
+            error_type, reason = self._stop_reason or (ErrorType.CANCELLED, "cancelled")
+            return failure(error_type, reason, stdout=self.output.text())
+        return None
+
+    async def acquire_gpus_unless_stopped(self, pool: GpuPool, count: int) -> GpuLease | None:
+        """Wait for ``count`` GPUs from ``pool``; None if the job is stopped first."""
+        acquiring = asyncio.ensure_future(pool.acquire(count))
         stop = asyncio.ensure_future(self.stopped())
         try:
             await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -255,10 +268,8 @@ class JobRun:
             stop.cancel()
             await asyncio.gather(acquiring, stop, return_exceptions=True)
         if acquiring.cancelled() or acquiring.exception() is not None:
-            error_type, reason = self._stop_reason or (ErrorType.CANCELLED, "cancelled")
-            return failure(error_type, reason, stdout=self.output.text())
-        self._gpu_lease = acquiring.result()
-        return None
+            return None
+        return acquiring.result()
 
     async def say(self, text: str) -> None:
         await self.emit(
