@@ -496,3 +496,17 @@ async def test_a_preload_that_kills_the_template_costs_jobs_a_fresh_start_only(
             if attempt:  # no second try to start it so soon: straight to a fresh interpreter
                 assert "failed to start" in said
         assert pool.started == 0 and pool.running == {}
+
+
+async def test_a_variable_a_preload_set_in_the_template_is_not_in_the_jobs_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modules = tmp_path / "preloads"
+    modules.mkdir()
+    (modules / "sv_env_preload.py").write_text("import os\nos.environ['SET_BY_PRELOAD'] = '1'\n")
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+    settings = make_settings(tmp_path / "home", preload=["sv_env_preload"])
+    code = "import os, sys\ndef main():\n    return [os.environ.get('SET_BY_PRELOAD'), 'sv_env_preload' in sys.modules]\n"
+    async with Supervisor(settings) as sup:
+        assert template_of(sup).environ.get("SET_BY_PRELOAD") == "1"
+        assert await ok(sup, function_request(code)) == [None, True]

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import sys
+from typing import Any
 
 CHANNEL_FD = 3
 
@@ -75,6 +76,22 @@ def name_process(name: str | None) -> None:
             os.close(fd)
     except OSError:
         pass  # not Linux: process groups and the job variable still mark the job's processes
+
+
+def apply_job_environment(job: dict[str, Any]) -> None:
+    """The job's environment: sent whole to a spawned child, as changes to a forked one.
+
+    A forked child starts with its template's environment, so the supervisor sends only what
+    differs (``env_set``, ``env_unset``): decoding and comparing the whole of it costs a forked
+    hello-world job about a tenth of its time.
+    """
+    if "env" in job:
+        replace_environment(job["env"])
+        return
+    for name in job.get("env_unset", ()):
+        os.environ.pop(name, None)
+    for name, value in job.get("env_set", {}).items():
+        os.environ[name] = value
 
 
 def replace_environment(env: dict[str, str]) -> None:

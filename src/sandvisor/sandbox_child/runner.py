@@ -289,7 +289,7 @@ def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
         channel = Channel(fd)
         job = channel.receive()
         isolation.name_process(job.get("comm"))
-        isolation.replace_environment(job["env"])
+        isolation.apply_job_environment(job)
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
         isolation.line_buffered_stdio()
         install_log_forwarding(channel)

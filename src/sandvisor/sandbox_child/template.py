@@ -188,6 +188,8 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
             "preloaded": [name for name in preloads if name not in failed],
             "preload_failed": failed,
             "cuda_initialized": cuda_initialized(),
+            # What every child starts with: jobs are sent only how theirs differs from it.
+            "environ": dict(os.environ),
         }
     )
     try:

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,10 @@ class JobSpec:
     limits: Limits | None = None  # None: only the timeout and sizes above apply
     watch_interval_s: float = 0.1
 
-    def job_frame(self) -> dict[str, Any]:
-        return {
+    def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The child's job frame; with ``env_base`` (the environment a forked child starts
+        with, its template's) the environment goes as the changes from it, not whole."""
+        frame = {
             "t": "job",
             "job_id": self.job_id,
             "comm": job_comm(self.job_id),
@@ -104,6 +106,11 @@ class JobSpec:
             "oom_score_adj": 1000,
             "display": self.display,
         }
+        if env_base is not None:
+            del frame["env"]
+            frame["env_set"] = {k: v for k, v in self.env.items() if env_base.get(k) != v}
+            frame["env_unset"] = [k for k in env_base if k not in self.env]
+        return frame
 
 
 @dataclass
@@ -281,21 +288,33 @@ class JobRun:
     async def _attempt(self, use_template: bool) -> Report:
         pipes = JobPipes.create()
         try:
+            template = None
+            if use_template and self._templates is not None:
+                template = await self._templates.get(self.spec.python, self.spec.env)
+                if not template.alive:  # stopped (over the bound) while we waited: once more
+                    template = await self._templates.get(self.spec.python, self.spec.env)
             # The job frame is in the channel before the child exists: it reads it as soon as it
             # starts, rather than after a round trip that tells us its pid.
-            unsent = send_ahead(pipes.channel, encode_frame(self.spec.job_frame()))
-            exited = await self._launch(pipes, use_template)
+            frame = self.spec.job_frame(template.environ if template is not None else None)
+            unsent = send_ahead(pipes.channel, encode_frame(frame))
+            exited = await self._launch(pipes, template)
             pipes.close_child_ends()
             return await self._supervise(pipes, exited, unsent)
         finally:
             pipes.close()
 
-    async def _launch(self, pipes: JobPipes, use_template: bool) -> asyncio.Future[ExitInfo | None]:
-        templates = self._templates if use_template else None
-        self.pid, exited = await launch_child(self.spec.python, self.spec.env, pipes, templates)
+    async def _launch(
+        self, pipes: JobPipes, template: TemplateProcess | None
+    ) -> asyncio.Future[ExitInfo | None]:
+        """Fork the child from ``template`` (the one whose environment the frame assumed), or
+        spawn it. Raises :class:`TemplateLost` when that template is gone."""
+        if template is not None:
+            child = await template.fork(pipes)
+            self.pid, exited = child.pid, child.exited
+        else:
+            self.pid, exited = await launch_child(self.spec.python, self.spec.env, pipes, None)
         self.timings.launched = time.monotonic()
         # Its template is a subreaper: what the job's processes orphan goes there, not to us.
-        template = templates.running.get(self.spec.python) if templates is not None else None
         self._template = template
         self.tree = ProcessTree(
             self.spec.job_id, self.pid, adopters=(template.pid,) if template is not None else ()

@@ -75,6 +75,8 @@ class TemplateProcess:
         self.alive = True
         self.last_used = time.monotonic()
         self.preloaded: list[str] = []
+        #: The template's environment, which every child it forks starts with (it never changes).
+        self.environ: dict[str, str] = {}
         self.cuda_initialized = False  # a preload did it on import: jobs then cannot use CUDA
         self.forks = 0
 
@@ -117,6 +119,7 @@ class TemplateProcess:
             await self.stop()
             raise
         self.preloaded = list(ready.get("preloaded", []))
+        self.environ = dict(ready.get("environ") or {})
         for name, error in (ready.get("preload_failed") or {}).items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
         self.cuda_initialized = bool(ready.get("cuda_initialized"))
