@@ -337,6 +337,22 @@ async def test_each_env_gets_its_own_template_and_the_bound_holds(
         assert who["forked"] and set(pool.running) == {BASE, two["python"]}
 
 
+async def test_an_env_removed_and_rebuilt_gets_a_new_template(
+    tmp_path: Path, offline: Path
+) -> None:
+    async with Supervisor(make_settings(tmp_path / "home")) as sup:
+        pool = pool_of(sup)
+        request = function_request(TINY, dependencies=["tinypkg==1.0"])
+        first = await ok(sup, request)
+        stale = pool.running[first["python"]]
+        (env,) = sup.envs.list()
+        sup.envs.remove(env.key)  # as `sandvisor envs rm` or GC would, between two jobs
+        second = await ok(sup, request)  # the same set: rebuilt at the same path
+        assert second["python"] == first["python"] and second["version"] == "1.0"
+        assert second["ppid"] != first["ppid"]  # forked from a template of the rebuilt env
+        assert not stale.alive and not psutil.pid_exists(stale.pid)
+
+
 async def test_a_template_with_jobs_in_flight_is_never_stopped(
     tmp_path: Path, offline: Path
 ) -> None:

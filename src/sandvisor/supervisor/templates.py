@@ -64,6 +64,9 @@ class TemplateProcess:
     ) -> None:
         self.python = python
         self.pid = process.pid
+        # Which file ``python`` was when this template started: an env that GC removed and a
+        # later request rebuilt has the same path but is not the env this template loaded.
+        self.interpreter = interpreter_identity(python)
         self._control = control
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -295,6 +298,18 @@ class TemplateProcess:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def interpreter_identity(python: str) -> tuple[int, int, int] | None:
+    """Which file the interpreter path is (a venv's own symlink), None if it is gone.
+
+    The change time is part of it because a filesystem reuses a freed inode number at once.
+    """
+    try:
+        found = os.lstat(python)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_ctime_ns
+
+
 class TemplatePool:
     """At most ``limit`` templates, keyed by interpreter; the least recently used stops first."""
 
@@ -305,6 +320,7 @@ class TemplatePool:
         self._templates: dict[str, TemplateProcess] = {}
         self._starting: dict[str, asyncio.Task[TemplateProcess]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why) of a failed start
+        self._retired: list[TemplateProcess] = []  # stale, stopped once their jobs are done
         self.started = 0  # templates started over the pool's life; tests and benchmarks read it
 
     @property
@@ -329,7 +345,13 @@ class TemplatePool:
         self, python: Path | str, env: Mapping[str, str] | None = None
     ) -> TemplateProcess:
         key = str(python)
+        await self._stop_idle_retired()
         template = self._templates.get(key)
+        if template is not None and template.interpreter != interpreter_identity(key):
+            log.info("the env of %s was rebuilt or removed; retiring its template", key)
+            self._retired.append(self._templates.pop(key))
+            await self._stop_idle_retired()
+            template = None
         if template is not None and template.alive:
             template.last_used = time.monotonic()
             return template
@@ -346,6 +368,13 @@ class TemplatePool:
         finally:
             if starting.done() and self._starting.get(key) is starting:
                 del self._starting[key]
+
+    async def _stop_idle_retired(self) -> None:
+        if not self._retired:
+            return
+        idle = [template for template in self._retired if not template.busy]
+        self._retired = [template for template in self._retired if template.busy]
+        await asyncio.gather(*(template.stop() for template in idle), return_exceptions=True)
 
     def _check_backoff(self, key: str) -> None:
         failed = self._failed.get(key)
@@ -381,6 +410,8 @@ class TemplatePool:
             await self._templates.pop(oldest).stop()
 
     async def close(self) -> None:
+        retired, self._retired = self._retired, []
+        await asyncio.gather(*(template.stop() for template in retired), return_exceptions=True)
         for task in self._starting.values():
             task.cancel()
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
