@@ -26,3 +26,18 @@ def function_request(code: str, name: str = "main", **fields: Any) -> dict[str, 
         "serialization_format": "json",
         **fields,
     }
+
+
+def class_request(
+    class_name: str, class_code: str, method: str, *args: Any, **fields: Any
+) -> dict[str, Any]:
+    """A JSON-format call of ``method`` on an instance of ``class_name`` defined by ``class_code``."""
+    return {
+        "execution_type": "class",
+        "class_name": class_name,
+        "class_code": class_code,
+        "method_name": method,
+        "args": list(args),
+        "serialization_format": "json",
+        **fields,
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.helpers import function_request, make_settings
+from tests.helpers import class_request, function_request, make_settings
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -75,15 +75,7 @@ class Rogue:
 
 
 def rogue(method: str, *args: Any, **fields: Any) -> dict[str, Any]:
-    return {
-        "execution_type": "class",
-        "class_name": "Rogue",
-        "class_code": ROGUE,
-        "method_name": method,
-        "args": list(args),
-        "serialization_format": "json",
-        **fields,
-    }
+    return class_request("Rogue", ROGUE, method, *args, **fields)
 
 
 def again(instance_id: str, method: str, *args: Any, **fields: Any) -> dict[str, Any]:

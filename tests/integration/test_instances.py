@@ -15,7 +15,7 @@ import pytest
 from runpod_flash.execute_class import create_remote_class
 from runpod_flash.protos.remote_execution import FunctionResponse as FlashResponse
 from runpod_flash.stubs.live_serverless import LiveServerlessStub
-from tests.helpers import function_request, make_settings
+from tests.helpers import class_request, function_request, make_settings
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -90,15 +90,7 @@ class Counter:
 
 
 def counter(method: str, *args: Any, **fields: Any) -> dict[str, Any]:
-    return {
-        "execution_type": "class",
-        "class_name": "Counter",
-        "class_code": COUNTER,
-        "method_name": method,
-        "args": list(args),
-        "serialization_format": "json",
-        **fields,
-    }
+    return class_request("Counter", COUNTER, method, *args, **fields)
 
 
 def again(instance_id: str, method: str, *args: Any, **fields: Any) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from typing import Any
 import psutil
 import pytest
 from tests.helpers import function_request, make_settings
-from tests.wheelhouse import make_wheelhouse
 
 from sandvisor.protocol.frames import EndOfStream, encode_frame, read_frame
 from sandvisor.protocol.models import FunctionResponse
@@ -293,18 +292,6 @@ async def test_supervisor_exit_stops_the_template_and_its_jobs(settings: Setting
 # -- one template per env, bounded, least recently used first --------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
-
-
-@pytest.fixture
-def offline(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
-    monkeypatch.setenv("UV_NO_INDEX", "1")
-    return wheelhouse
-
-
 TINY = """
 import os, sys, tinypkg
 def main():
@@ -313,7 +300,7 @@ def main():
 
 
 async def test_each_env_gets_its_own_template_and_the_bound_holds(
-    tmp_path: Path, offline: Path
+    tmp_path: Path, offline_index: Path
 ) -> None:
     settings = make_settings(tmp_path / "home", max_templates=2)
     async with Supervisor(settings) as sup:
@@ -338,7 +325,7 @@ async def test_each_env_gets_its_own_template_and_the_bound_holds(
 
 
 async def test_an_env_removed_and_rebuilt_gets_a_new_template(
-    tmp_path: Path, offline: Path
+    tmp_path: Path, offline_index: Path
 ) -> None:
     async with Supervisor(make_settings(tmp_path / "home")) as sup:
         pool = pool_of(sup)
@@ -354,7 +341,7 @@ async def test_an_env_removed_and_rebuilt_gets_a_new_template(
 
 
 async def test_a_template_with_jobs_in_flight_is_never_stopped(
-    tmp_path: Path, offline: Path
+    tmp_path: Path, offline_index: Path
 ) -> None:
     settings = make_settings(tmp_path / "home", max_templates=1)
     flag = tmp_path / "go"
