@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from sandvisor.supervisor.settings import Settings
 
@@ -41,3 +46,21 @@ def class_request(
         "serialization_format": "json",
         **fields,
     }
+
+
+def process_gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def eventually(condition: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """Whether ``condition()`` becomes true within ``within_s``, checked every 20 ms."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return False

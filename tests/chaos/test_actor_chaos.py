@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from tests.helpers import class_request, function_request, make_settings
+from tests.helpers import class_request, eventually, function_request, make_settings, process_gone
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -87,22 +86,6 @@ def ok(response: FunctionResponse) -> FunctionResponse:
     return response
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def eventually(condition: Any, within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
 @pytest.fixture(params=["template", "spawn"])
 async def sup(request, tmp_path: Path):
     settings = make_settings(
@@ -129,10 +112,10 @@ async def test_an_idle_actor_killed_from_outside_is_noticed_and_recreated(sup: S
 async def test_processes_an_instance_leaves_behind_go_with_it(sup: Supervisor):
     first = ok(await sup.run(rogue("leave_children")))
     children = first.json_result
-    assert not any(gone(pid) for pid in children)
+    assert not any(process_gone(pid) for pid in children)
     ok(await sup.run(rogue("ping")))
     ok(await sup.run(rogue("ping")))  # the first instance is evicted (at most 2)
-    assert await eventually(lambda: all(gone(pid) for pid in children))
+    assert await eventually(lambda: all(process_gone(pid) for pid in children))
 
 
 async def test_a_crash_takes_what_the_instance_left_running_with_it(sup: Supervisor):
@@ -141,7 +124,7 @@ async def test_a_crash_takes_what_the_instance_left_running_with_it(sup: Supervi
     crashed = await sup.run(again(first.instance_id, "crash"))
     assert crashed.error_type == ErrorType.SIGNAL and "SIGSEGV" in crashed.error
     assert time.monotonic() - started < 1.5  # not held up by children keeping its pipes open
-    assert await eventually(lambda: all(gone(pid) for pid in first.json_result))
+    assert await eventually(lambda: all(process_gone(pid) for pid in first.json_result))
 
 
 async def test_sys_exit_in_a_method_ends_only_that_instance(sup: Supervisor):
@@ -179,7 +162,7 @@ async def test_a_hang_that_ignores_sigterm_is_killed_at_the_timeout(sup: Supervi
     )
     assert hung.error_type == ErrorType.TIMEOUT and hung.instance_info["alive"] is False
     assert time.monotonic() - started < 5
-    assert gone(first.json_result)
+    assert process_gone(first.json_result)
 
 
 async def test_a_caller_that_leaves_mid_call_takes_the_instance_down(sup: Supervisor):
@@ -190,7 +173,7 @@ async def test_a_caller_that_leaves_mid_call_takes_the_instance_down(sup: Superv
         async for event in events:
             assert "started" in event.text
             break
-    assert await eventually(lambda: gone(first.json_result))
+    assert await eventually(lambda: process_gone(first.json_result))
     back = ok(await sup.run(again(first.instance_id, "ping")))
     assert back.instance_info["recreated"] is True and "interrupted" in back.stdout
 
@@ -202,7 +185,7 @@ async def test_shutdown_stops_every_actor(tmp_path: Path):
         pids = [ok(r).json_result for r in responses]
         slow = asyncio.ensure_future(sup.run(again(responses[0].instance_id, "leave", 0)))
         await slow
-    assert all(gone(pid) for pid in pids)
+    assert all(process_gone(pid) for pid in pids)
 
 
 async def test_an_actor_whose_template_dies_is_ended_and_recreated(tmp_path: Path):
@@ -211,7 +194,7 @@ async def test_an_actor_whose_template_dies_is_ended_and_recreated(tmp_path: Pat
         assert sup.templates is not None
         (template,) = sup.templates.running.values()
         os.kill(template.pid, signal.SIGKILL)
-        assert await eventually(lambda: gone(first.json_result))
+        assert await eventually(lambda: process_gone(first.json_result))
         back = ok(await sup.run(again(first.instance_id, "ping")))
         assert back.json_result != first.json_result
         assert back.instance_info["recreated"] is True and "template died" in back.stdout

@@ -9,7 +9,6 @@ starting a child are covered: forked from a warm template, and a fresh interpret
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 from tests.chaos.chaos_helpers import HELLO, Baseline, assert_clean, job_processes
-from tests.helpers import function_request, make_settings
+from tests.helpers import function_request, make_settings, process_gone
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -248,7 +247,7 @@ def main():
     response, job_id, baseline = await run_hostile(sup, code)
     assert response.success, response.error
     for pid in response.json_result:
-        assert not _running(pid), f"detached process {pid} outlived its job"
+        assert process_gone(pid), f"detached process {pid} outlived its job"
     await assert_clean(sup, job_id, baseline)
 
 
@@ -405,12 +404,6 @@ async def _file_text(path: Path, timeout: float = 30.0) -> str:
         assert time.monotonic() < deadline, f"{path} never appeared"
         await asyncio.sleep(0.01)
     return path.read_text()
-
-
-def _running(pid: int) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    return False
 
 
 def test_job_processes_helper_finds_nothing_for_an_unknown_job() -> None:

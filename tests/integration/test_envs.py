@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,15 +30,6 @@ def store_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def store(store_settings: Settings) -> EnvStore:
     return EnvStore(store_settings)
-
-
-@pytest.fixture
-def stalling(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StallingIndex]:
-    index = StallingIndex(wheelhouse)
-    with index.running():
-        monkeypatch.setenv("UV_FIND_LINKS", index.url)
-        monkeypatch.setenv("UV_NO_INDEX", "1")
-        yield index
 
 
 def run_in(python: Path, code: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -116,15 +116,6 @@ async def test_eight_concurrent_requests_for_one_new_set_build_once(sup: Supervi
     assert all(r.json_result == responses[0].json_result for r in responses)
     assert sup.envs.builds_completed == 1
     assert len(env_dirs(sup)) == 1
-
-
-@pytest.fixture
-def stalling(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StallingIndex]:
-    index = StallingIndex(wheelhouse)
-    with index.running():
-        monkeypatch.setenv("UV_FIND_LINKS", index.url)
-        monkeypatch.setenv("UV_NO_INDEX", "1")
-        yield index
 
 
 async def test_cancel_during_the_build_stops_uv(

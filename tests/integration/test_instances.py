@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from runpod_flash.execute_class import create_remote_class
 from runpod_flash.protos.remote_execution import FunctionResponse as FlashResponse
 from runpod_flash.stubs.live_serverless import LiveServerlessStub
-from tests.helpers import class_request, function_request, make_settings
+from tests.helpers import class_request, eventually, function_request, make_settings, process_gone
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -98,22 +97,6 @@ def again(instance_id: str, method: str, *args: Any, **fields: Any) -> dict[str,
     return counter(method, *args, instance_id=instance_id, create_new_instance=False, **fields)
 
 
-def process_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def eventually_gone(pid: int, within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
 @pytest.fixture(params=["template", "spawn"])
 async def sup(request, tmp_path: Path):
     settings = make_settings(
@@ -185,7 +168,7 @@ async def test_create_new_instance_true_replaces_the_live_one(small: Supervisor)
     fresh = ok(await small.run(counter("add", 1, instance_id=first.instance_id)))
     assert fresh.instance_id == first.instance_id
     assert fresh.json_result == 1 and fresh.instance_info["pid"] != old_pid
-    assert await eventually_gone(old_pid)
+    assert await eventually(lambda: process_gone(old_pid))
 
 
 async def test_an_unknown_id_is_created_and_the_caller_is_told(small: Supervisor):
@@ -247,7 +230,7 @@ async def test_a_segfault_loses_only_that_instance(sup: Supervisor):
     assert not crashed.success and crashed.error_type == ErrorType.SIGNAL
     assert "SIGSEGV" in crashed.error and f"{doomed.instance_id} is gone" in crashed.error
     assert crashed.instance_info["alive"] is False
-    assert await eventually_gone(doomed.instance_info["pid"])
+    assert await eventually(lambda: process_gone(doomed.instance_info["pid"]))
 
     assert ok(await sup.run(again(bystander.instance_id, "add", 1))).json_result == 101
     plain = ok(await sup.run(function_request("def main():\n    return 'fine'\n")))
@@ -264,7 +247,7 @@ async def test_a_call_timeout_kills_the_actor(small: Supervisor):
     assert not slow.success and slow.error_type == ErrorType.TIMEOUT
     assert f"{first.instance_id} is gone" in slow.error
     assert slow.timings["total"] < 5000
-    assert await eventually_gone(first.instance_info["pid"])
+    assert await eventually(lambda: process_gone(first.instance_info["pid"]))
     back = ok(await small.run(again(first.instance_id, "get_state")))
     assert back.instance_info["recreated"] is True and back.json_result["value"] == 0
 
@@ -283,7 +266,7 @@ async def test_cancel_stops_the_call_and_the_instance(small: Supervisor):
     assert await small.cancel("j1")
     response = await call
     assert response.error_type == ErrorType.CANCELLED
-    assert await eventually_gone(first.instance_info["pid"])
+    assert await eventually(lambda: process_gone(first.instance_info["pid"]))
 
 
 # -- bounds -----------------------------------------------------------------------------------
@@ -296,7 +279,7 @@ async def test_least_recently_used_is_evicted_over_the_count(small: Supervisor):
     c = ok(await small.run(counter("add", 1)))
     assert small.instances is not None
     assert set(small.instances.live) == {a.instance_id, c.instance_id}
-    assert await eventually_gone(b.instance_info["pid"])
+    assert await eventually(lambda: process_gone(b.instance_info["pid"]))
     back = ok(await small.run(again(b.instance_id, "get_state")))
     assert back.instance_info["recreated"] is True and "was evicted" in back.stdout
 
@@ -305,7 +288,7 @@ async def test_idle_instances_stop_after_the_ttl(tmp_path: Path):
     settings = make_settings(tmp_path / "home", instance_ttl_s=0.3)
     async with Supervisor(settings) as sup:
         first = ok(await sup.run(counter("add", 1)))
-        assert await eventually_gone(first.instance_info["pid"], within_s=3.0)
+        assert await eventually(lambda: process_gone(first.instance_info["pid"]), within_s=3.0)
         assert sup.instances is not None and sup.instances.live == {}
         back = ok(await sup.run(again(first.instance_id, "add", 1)))
         assert back.json_result == 1 and "idle (TTL)" in back.stdout
@@ -317,7 +300,7 @@ async def test_a_hundred_instances_come_and_go_without_leftovers(small: Supervis
         pids.append(ok(await small.run(counter("add", 1))).instance_info["pid"])
     assert small.instances is not None and len(small.instances.live) == 2
     for pid in pids[:-2]:
-        assert await eventually_gone(pid)
+        assert await eventually(lambda pid=pid: process_gone(pid))
     assert all(not process_gone(pid) for pid in pids[-2:])
     jobs_dir = small.settings.jobs_dir
     await asyncio.sleep(0.2)
@@ -382,7 +365,7 @@ async def test_an_instance_holds_its_gpu_and_gives_it_up_when_idle_and_needed(tm
         # Both GPUs are held by idle instances: a job that needs one gets the older one's.
         job = ok(await sup.run(function_request(GPU_JOB, limits={"gpus": 1})))
         assert job.json_result == b.json_result
-        assert await eventually_gone(b.instance_info["pid"])
+        assert await eventually(lambda: process_gone(b.instance_info["pid"]))
         assert sup.instances is not None and set(sup.instances.live) == {a.instance_id}
         c = ok(await sup.run(counter("visible_gpus")))  # the job's GPU is free again
         assert c.json_result == b.json_result and "waiting" not in c.stdout

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.helpers import function_request, make_settings
+from tests.helpers import function_request, make_settings, process_gone
 
 from sandvisor.protocol.frames import EndOfStream, encode_frame, read_frame
 from sandvisor.protocol.models import FunctionResponse
@@ -232,7 +232,7 @@ async def test_template_killed_mid_job_the_job_is_retried_on_a_fresh_spawn(
     # The retry was a fresh interpreter, not a fork; the first attempt's child is gone.
     assert response.json_result["pid"] != first_pid
     assert response.json_result["ppid"] == os.getpid()
-    await wait_until(lambda: not psutil.pid_exists(first_pid) or _is_zombie(first_pid))
+    await wait_until(lambda: process_gone(first_pid))
     # The next job gets a new template.
     who = await ok(sup, function_request(WHO_AM_I))
     new = template_of(sup)
@@ -247,13 +247,6 @@ def main(flag):
         time.sleep(0.01)
     return {"ppid": os.getppid()}
 """
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def test_template_dead_between_jobs_is_restarted_without_a_retry(sup: Supervisor) -> None:
