@@ -19,7 +19,7 @@ def killed(signum: int, maxrss_mb: int = 50, cpu_s: float = 0.1) -> ExitInfo:
 
 
 def report(exit_info: ExitInfo, **fields: object) -> Report:
-    return Report(exit=exit_info, exit_known=True, elapsed_s=3.4, limits=LIMITS, **fields)
+    return Report(exit=exit_info, elapsed_s=3.4, limits=LIMITS, **fields)
 
 
 def test_our_own_memory_kill_says_so() -> None:

@@ -302,7 +302,6 @@ class ActorProcess:
             await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT_S)
         await self._drain()
         report.exit = self.exit_info
-        report.exit_known = self.exit_info is not None
         return Exchange(None, report, {}, self._running_at)
 
     async def _kill(self, grace_s: float) -> None:

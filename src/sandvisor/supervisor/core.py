@@ -32,7 +32,7 @@ from sandvisor.supervisor.limits import Limits, LimitsError
 from sandvisor.supervisor.manifest import DeployedAppError, resolve_deployed
 from sandvisor.supervisor.outcome import failure
 from sandvisor.supervisor.policy import child_environment
-from sandvisor.supervisor.proctree import become_subreaper
+from sandvisor.supervisor.proctree import become_subreaper, job_environ
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
 
@@ -285,8 +285,7 @@ class Supervisor:
         return acquiring.result()
 
     def _spec(self, job_id: str, request: FunctionRequest, limits: Limits) -> JobSpec:
-        env = dict(self._base_env)
-        env["SANDVISOR_JOB_ID"] = job_id
+        env = dict(self._base_env) | job_environ(job_id)  # marks every process of the job
         deployed = None
         if request.function_code is None and request.class_code is None:
             deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code

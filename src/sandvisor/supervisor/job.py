@@ -28,7 +28,7 @@ from sandvisor.protocol.frames import FrameDecoder, FrameError, encode_frame
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent, Stream
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
-from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.limits import CHILD_OOM_SCORE_ADJ, Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report, classify, failure
 from sandvisor.supervisor.output import LineSplitter, OutputBuffer
@@ -103,7 +103,7 @@ class JobSpec:
             "env": self.env,
             "rlimits": {name: list(pair) for name, pair in self.rlimits.items()},
             "max_result_bytes": self.max_result_bytes,
-            "oom_score_adj": 1000,
+            "oom_score_adj": CHILD_OOM_SCORE_ADJ,
             "display": self.display,
         }
         if env_base is not None:
@@ -290,9 +290,7 @@ class JobRun:
         try:
             template = None
             if use_template and self._templates is not None:
-                template = await self._templates.get(self.spec.python, self.spec.env)
-                if not template.alive:  # stopped (over the bound) while we waited: once more
-                    template = await self._templates.get(self.spec.python, self.spec.env)
+                template = await self._templates.ready(self.spec.python, self.spec.env)
             # The job frame is in the channel before the child exists: it reads it as soon as it
             # starts, rather than after a round trip that tells us its pid.
             frame = self.spec.job_frame(template.environ if template is not None else None)
@@ -340,7 +338,6 @@ class JobRun:
                     await loop.sock_sendall(pipes.channel, unsent)
             readers.append(asyncio.ensure_future(self._read_frames(pipes, report)))
             report.exit = await self._wait_or_stop(exited, report)
-            report.exit_known = report.exit is not None
             await self._end_leftovers()  # whatever the job left behind goes with it
             await self._drain(readers)
         except BaseException:

@@ -8,7 +8,7 @@ whether a result was ever sent, and after how long.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
@@ -38,11 +38,9 @@ class Report:
     display: str | None = None  # the result as a person reads it, when asked for
     error: dict[str, Any] | None = None  # an error frame
     exit: ExitInfo | None = None
-    exit_known: bool = False  # False: never reaped by us, so how it ended is unknown
     stopped: tuple[ErrorType, str] | None = None  # we killed it: why, in words
     channel_error: str | None = None  # the protocol channel broke
     elapsed_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
     limits: Limits | None = None  # the job's limits, to name a breach the kernel acted on
     peak_rss_bytes: int = 0  # the watchdog's highest sample of the job's tree
     oom_kills: int = 0  # kernel OOM kills counted in our cgroup while the job ran

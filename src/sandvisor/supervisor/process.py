@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,7 +144,3 @@ def kill_group(pid: int, signum: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def current_python() -> str:
-    return sys.executable

@@ -336,10 +336,16 @@ class TemplatePool:
         ``env`` is the environment a template started here gets (a job's, less its marks); an
         already running template keeps its own. Raises :class:`TemplateLost`.
         """
+        return await (await self.ready(python, env)).fork(pipes)
+
+    async def ready(
+        self, python: Path | str, env: Mapping[str, str] | None = None
+    ) -> TemplateProcess:
+        """``python``'s running template, started (or restarted) if needed."""
         template = await self.get(python, env)
         if not template.alive:  # stopped (over the limit) while we waited: one more try
             template = await self.get(python, env)
-        return await template.fork(pipes)
+        return template
 
     async def get(
         self, python: Path | str, env: Mapping[str, str] | None = None
