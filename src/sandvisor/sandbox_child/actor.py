@@ -70,8 +70,10 @@ class Actor:
         self.user_files: set[str] = set()
         self.instance: Any = None
         # One loop for the actor's life: an async method may keep loop-bound state (locks,
-        # sessions, tasks) on the instance between calls, as it can in worker-flash.
-        self.runner = asyncio.Runner()
+        # sessions, tasks) on the instance between calls, as it can in worker-flash. A plain loop,
+        # not asyncio.Runner, which Python 3.10 lacks.
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
 
     def create(self) -> bool:
         try:
@@ -102,7 +104,7 @@ class Actor:
                 frame.get("args", []), frame.get("kwargs", {}), fmt, "args"
             )
             self.channel.send({"t": "running", "ts": time.time(), "seq": seq})
-            value = call(method, args, kwargs, self.user_files, self.runner)
+            value = call(method, args, kwargs, self.user_files, self.loop)
             fields = result_fields(value, fmt, frame.get("max_result_bytes"))
         except JobFailure as failure:
             self.send_failure(failure, {"seq": seq})
@@ -132,7 +134,18 @@ class Actor:
         )
 
     def close(self) -> None:
-        self.runner.close()
+        """What ``asyncio.Runner.close`` does: cancel leftover tasks, end async generators."""
+        loop = self.loop
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def serve_actor(job: dict[str, Any], channel: Channel) -> None:

@@ -177,13 +177,13 @@ def call(
     args: list[Any],
     kwargs: dict[str, Any],
     user_files: set[str],
-    runner: asyncio.Runner | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> Any:
-    """Call it; an awaitable result is run to completion on ``runner``'s loop (else a new one)."""
+    """Call it; an awaitable result is run to completion on ``loop`` (else on a new loop)."""
     try:
         value = function(*args, **kwargs)
         if inspect.isawaitable(value):
-            run = runner.run if runner is not None else asyncio.run
+            run = loop.run_until_complete if loop is not None else asyncio.run
             value = run(_awaited(value))
     except Exception as exc:
         raise user_failure(exc, user_files) from None
