@@ -96,3 +96,15 @@ def test_help_imports_nothing_heavy():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_color_marks_time_stream_and_level_as_on_a_terminal(tmp_path: Path):
+    done = run_cli("run", str(EXAMPLES / "hello.json"), "--color", "always", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = next(line for line in done.stderr.splitlines() if line.endswith("greeted sandvisor"))
+    assert "\033[32mINFO" in info  # the level, in its color
+    assert info.startswith("\033[2m") and "\033[0m" in info  # the time, dimmed
+    assert any(
+        "stdout" in line and line.endswith("and from a subprocess")
+        for line in done.stderr.splitlines()
+    )
