@@ -70,6 +70,7 @@ def test_cpu_is_unlimited_unless_configured_or_asked() -> None:
 
 def test_gpus_default_to_one_when_there_are_any() -> None:
     assert Limits.resolve(settings(), gpus_available=2).gpus == 1
+    assert Limits.resolve(settings(), gpus_available=0).gpus == 0
     assert Limits.resolve(settings(), RequestLimits(gpus=2), gpus_available=2).gpus == 2
     assert Limits.resolve(settings(), RequestLimits(gpus=0), gpus_available=2).gpus == 0
 

@@ -210,10 +210,6 @@ class GpuPool:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def default_count(self) -> int:
-        """GPUs a job gets when its request does not say: one when there are any."""
-        return 1 if self.gpus else 0
-
     def try_acquire(self, count: int) -> GpuLease | None:
         """Hold ``count`` GPUs now if they are free and no earlier job waits; else None."""
         if count < 0 or count > self.total:
