@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import holds_gpu, job_frame
+from benchmarks.gpu_check import has_torch, holds_gpu, job_spec
 from sandvisor.protocol.frames import encode_frame, read_frame, write_frame
 from sandvisor.supervisor.process import JobPipes
 from sandvisor.supervisor.templates import TemplateProcess
@@ -67,13 +67,15 @@ async def check(python: str) -> bool:
         template = await TemplateProcess.start(python, ["torch"], env)
         try:
             before = await free_mib(template, env, jobs)
-            frame = job_frame("", env, jobs / "actor") | {"actor": True}
-            frame["request"] = {
+            request = {
                 "execution_type": "class",
                 "class_name": "Model",
                 "class_code": HOLDS_A_GIB,
                 "serialization_format": "json",
             }
+            # As an actor process sends it: the whole environment, marked as an actor.
+            spec = job_spec(template.python, request, env, jobs / "actor")
+            frame = spec.job_frame() | {"actor": True}
             pipes = JobPipes.create()
             pipes.channel.sendall(encode_frame(frame))
             child = await template.fork(pipes)
@@ -147,6 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_actor_check")
     parser.add_argument("--python", default=sys.executable, help="an interpreter with torch")
     options = parser.parse_args()
+    if not has_torch(options.python):
+        sys.exit(f"{options.python} cannot import torch: pass --python with one that can")
     sys.exit(0 if asyncio.run(check(options.python)) else 1)
 
 

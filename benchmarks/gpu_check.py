@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from sandvisor.protocol.frames import EndOfStream, read_frame
+from sandvisor.supervisor.job import JobSpec
+from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.process import JobPipes
+from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.templates import TemplateProcess
 
 USES_GPU = """
@@ -36,20 +39,27 @@ SEES_GPU = "import torch\ndef main():\n    return torch.cuda.is_available()\n"
 IMPORTS_TORCH = "import torch\ndef main():\n    return torch.__version__\n"
 
 
-def job_frame(code: str, env: dict[str, str], workdir: Path) -> dict[str, Any]:
-    return {
-        "t": "job",
-        "job_id": workdir.name,
-        "request": {"function_name": "main", "function_code": code, "serialization_format": "json"},
-        "module": None,
-        "sys_path": [],
-        "workdir": str(workdir),
-        "env": env,
-        "rlimits": {},
-        "max_result_bytes": 1 << 20,
-        "oom_score_adj": 1000,
-        "display": False,
-    }
+def function(code: str) -> dict[str, Any]:
+    return {"function_name": "main", "function_code": code, "serialization_format": "json"}
+
+
+def job_spec(python: str, request: dict[str, Any], env: dict[str, str], workdir: Path) -> JobSpec:
+    """The job as the core describes it: a worker's default limits for a job with a GPU."""
+    # With a GPU there is no RLIMIT_AS, which would break CUDA's initialization.
+    limits = Limits.resolve(Settings.from_env(environ={}, gpus=""), gpus_available=1)
+    return JobSpec(
+        job_id=workdir.name,
+        request=request,
+        python=python,
+        workdir=workdir,
+        env=env,
+        timeout_s=limits.timeout_s,
+        grace_s=limits.grace_s,
+        max_output_bytes=limits.max_output_bytes,
+        max_result_bytes=limits.max_result_bytes,
+        rlimits=limits.rlimits(),
+        limits=limits,
+    )
 
 
 async def run(template: TemplateProcess, code: str, env: dict[str, str], jobs: Path) -> Any:
@@ -60,7 +70,9 @@ async def run(template: TemplateProcess, code: str, env: dict[str, str], jobs: P
     os.rmdir(workdir)
     pipes = JobPipes.create()
     try:
-        pipes.channel.sendall(encode_frame(job_frame(code, env, workdir)))
+        # As a job run forked from a template: the environment goes as changes from the template's.
+        frame = job_spec(template.python, function(code), env, workdir).job_frame(template.environ)
+        pipes.channel.sendall(encode_frame(frame))
         child = await template.fork(pipes)
         pipes.close_child_ends()
         frames = await asyncio.to_thread(read_all, pipes.channel.fileno())
@@ -146,7 +158,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check")
     parser.add_argument("--python", default=sys.executable, help="an interpreter with torch")
     options = parser.parse_args()
+    if not has_torch(options.python):
+        sys.exit(f"{options.python} cannot import torch: pass --python with one that can")
     sys.exit(0 if asyncio.run(check(options.python)) else 1)
+
+
+def has_torch(python: str) -> bool:
+    """Found without importing it, which takes seconds."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"
+    return subprocess.run([python, "-c", probe], check=False).returncode == 0
 
 
 if __name__ == "__main__":
