@@ -60,7 +60,15 @@ async def test_install_output_streams_before_the_result(sup: Supervisor) -> None
     assert isinstance(final, FunctionResponse) and final.success, final
     assert final.json_result is not None and final.json_result["tinypkg"] == "1.0"
     events = [item for item in items[:-1] if isinstance(item, LogEvent)]
-    assert any("+ tinydep==1.0" in event.text for event in events)
+    # uv's own lines are the job's log; what sandvisor says about the build is system.
+    (installed,) = [event for event in events if "+ tinydep==1.0" in event.text]
+    assert (installed.stream, installed.level) == ("log", "INFO")
+    said = [event.text for event in events if event.stream == "system"]
+    assert any(text.startswith("building environment") for text in said), said
+    assert any(text.startswith("environment ") and "ready in" in text for text in said), said
+    assert not any("+ tinydep" in text for text in said)
+    (line,) = [line for line in (final.stdout or "").splitlines() if "+ tinydep==1.0" in line]
+    assert line.startswith("INFO: ")
 
 
 async def test_pin_overrides_the_base(sup: Supervisor) -> None:

@@ -34,6 +34,7 @@ from sandvisor.supervisor.outcome import failure
 from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.proctree import become_subreaper, job_environ
 from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,10 @@ class Supervisor:
 
         async def relay() -> None:
             while (line := await lines.get()) is not None:
-                await run.say(line)
+                if isinstance(line, ProgramOutput):  # uv's (or apt-get's) own output
+                    await run.emit(LogEvent("log", line, time.time(), "INFO"))
+                else:
+                    await run.say(line)
 
         relaying = asyncio.ensure_future(relay())
         acquiring = asyncio.ensure_future(

@@ -13,8 +13,9 @@ class LogEvent:
     """A chunk of whole lines from one stream of a job.
 
     ``stream`` is ``stdout``/``stderr`` for the child's file descriptors, ``log`` for a logging
-    record (``level`` set), ``system`` for what sandvisor itself says about the job (installs,
-    retries, kills). ``ts`` is the Unix time it was read or recorded.
+    record or a line an installer (uv, apt-get) printed for the job's env (``level`` set),
+    ``system`` for what sandvisor itself says about the job (building its env, retries, kills).
+    ``ts`` is the Unix time it was read or recorded.
     """
 
     stream: Stream

@@ -19,6 +19,12 @@ TAIL_LINES = 40
 _ERROR_STARTS = ("error", "\u00d7", "E:")  # uv marks errors with a multiplication sign
 
 
+class ProgramOutput(str):
+    """A line the program printed, told apart from what sandvisor itself says about the same
+    work (both reach the same log callback): a job shows the one as ``log``, the other as
+    ``system``."""
+
+
 @dataclass(frozen=True)
 class StreamedResult:
     program: str
@@ -75,7 +81,7 @@ async def run_streaming(
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip("\r\n")
             tail.append(line)
-            on_log(line)
+            on_log(ProgramOutput(line))
         returncode = await process.wait()
     except BaseException:
         await asyncio.shield(_kill(process))
