@@ -3,12 +3,14 @@
 ``build_wheel(dir, "tinypkg", "1.0")`` writes ``tinypkg-1.0-py3-none-any.whl``: one module
 ``tinypkg`` whose ``__version__`` is the version, so a test can check which copy it imported.
 ``make_wheelhouse(dir)`` writes the set the env tests use (the ``wheelhouse`` fixture).
+``repack_installed(dir, "cloudpickle")`` wheels an installed pure-Python distribution as it is.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,18 +40,40 @@ def build_wheel(
         ]
     )
     files = {
-        f"{module}.py": f"__version__ = {version!r}\n{code}",
-        f"{info}/METADATA": metadata,
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: sandvisor-tests\n"
-        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{module}.py": f"__version__ = {version!r}\n{code}".encode(),
+        f"{info}/METADATA": metadata.encode(),
     }
-    record = [f"{path},{_digest(text)},{len(text.encode())}" for path, text in files.items()]
-    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,", ""])
+    return _write_wheel(directory, dist, version, files)
+
+
+def repack_installed(directory: Path, name: str) -> Path:
+    """A wheel of the installed distribution ``name`` (pure Python only), its files unchanged."""
+    installed = importlib.metadata.distribution(name)
+    dist = canonicalize_name(installed.metadata["Name"]).replace("-", "_")
+    info = f"{dist}-{installed.version}.dist-info"
+    files: dict[str, bytes] = {}
+    for path in installed.files or ():
+        if path.suffix == ".pyc" or path.name in ("RECORD", "INSTALLER", "REQUESTED", "WHEEL"):
+            continue
+        # The dist-info directory's spelling varies between installers; a wheel's is fixed.
+        parts = (info, *path.parts[1:]) if path.parts[0].endswith(".dist-info") else path.parts
+        files["/".join(parts)] = path.locate().read_bytes()
+    return _write_wheel(directory, dist, installed.version, files)
+
+
+def _write_wheel(directory: Path, dist: str, version: str, files: dict[str, bytes]) -> Path:
+    info = f"{dist}-{version}.dist-info"
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: sandvisor-tests\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = [f"{path},{_digest(data)},{len(data)}" for path, data in files.items()]
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,", ""]).encode()
     directory.mkdir(parents=True, exist_ok=True)
     wheel = directory / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
+        for path, data in files.items():
+            archive.writestr(path, data)
     return wheel
 
 
@@ -61,6 +85,6 @@ def make_wheelhouse(directory: Path) -> Path:
     return directory
 
 
-def _digest(text: str) -> str:
-    raw = hashlib.sha256(text.encode()).digest()
+def _digest(data: bytes) -> str:
+    raw = hashlib.sha256(data).digest()
     return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

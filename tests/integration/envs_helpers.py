@@ -1,11 +1,13 @@
-"""For the env integration tests: an index that can stall in the middle of a build.
+"""For the env integration tests: an index that can stall in the middle of a build, and
+:func:`run_in` to run a line of Python in a built env.
 
-It serves a wheelhouse as a flat ``--find-links`` page over HTTP on 127.0.0.1 and
+The index serves a wheelhouse as a flat ``--find-links`` page over HTTP on 127.0.0.1 and
 holds every wheel download until released, so a test can catch uv in the middle of a build.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 STALL_LIMIT_S = 30.0  # a stalled request never outlives a test by much
+
+
+def run_in(python: Path, code: str) -> str:
+    """What ``code`` prints, run by ``python``; fails the test if it fails."""
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 class StallingIndex:

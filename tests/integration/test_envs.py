@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from tests.helpers import make_settings
-from tests.integration.envs_helpers import StallingIndex
+from tests.integration.envs_helpers import StallingIndex, run_in
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.cli import main as cli_main
@@ -30,14 +30,6 @@ def store_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def store(store_settings: Settings) -> EnvStore:
     return EnvStore(store_settings)
-
-
-def run_in(python: Path, code: str) -> str:
-    done = subprocess.run(
-        [str(python), "-c", code], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def leftovers(store: EnvStore) -> list[str]:

@@ -11,10 +11,12 @@ Store layout (``settings.envs_dir``)::
 
 Flow of :meth:`EnvStore.acquire`:
 
-    parse + validate -> all satisfied by the base? -> base lease (no venv)
-                     -> key -> published? -> lease          (hit: a flock and a utime)
-                             -> single-flight build task -> build lock -> staging -> uv venv
-                                -> uv pip install -> layering .pth -> marker -> rename -> lease
+    parse + validate (runtime_pins: no clash with the child runtime's own packages)
+        -> all satisfied by the base? -> base lease (no venv)
+        -> key -> published? -> lease          (hit: a flock and a utime)
+                -> single-flight build task -> build lock -> staging -> uv venv
+                   -> uv pip install (the runtime's ranges as constraints)
+                   -> layering .pth -> marker -> rename -> lease
 
 A build is published by one ``rename`` of a complete staging dir, so a build killed at any point
 leaves only debris under ``.staging``, which nothing reads and the next builder of that key
@@ -43,6 +45,11 @@ from sandvisor.supervisor.requirements import (
     NormalizedRequirement,
     RequirementRejected,
     parse_dependencies,
+)
+from sandvisor.supervisor.runtime_pins import (
+    explain_resolution_failure,
+    refuse_conflicts,
+    runtime_pins,
 )
 from sandvisor.supervisor.settings import Settings, volume_present
 from sandvisor.supervisor.sysdeps import SystemDependencyError, SystemPackages
@@ -195,6 +202,7 @@ class EnvStore:
             requirements = parse_dependencies(
                 raw, allow_direct_urls=self.settings.allow_direct_urls
             )
+            refuse_conflicts(requirements, runtime_pins())
         except RequirementRejected as exc:
             raise EnvError(ErrorType.INVALID_REQUEST, str(exc)) from None
         missing = tuple(r for r in requirements if not self.base.satisfies(r.to_packaging()))
@@ -322,19 +330,32 @@ class EnvStore:
             cwd,
             log,
         )
-        install = ["pip", "install", "--no-config", "--python", str(staging / "bin" / "python")]
-        satisfied = [r.spec for r in plan.requirements if r not in plan.missing]
-        if satisfied:
-            # What the base already has stays visible through layering; as constraints, uv
-            # still resolves the new packages against the versions the request asked for.
-            constraints = staging / "sandvisor-constraints.txt"
-            constraints.write_text("\n".join(satisfied) + "\n")
-            install += ["--constraint", str(constraints)]
-        await self._uv([*install, "--", *(r.spec for r in plan.missing)], env, cwd, log)
+        await self._install(staging, plan, env, cwd, log)
         self._write_layer(staging)
         size = await asyncio.to_thread(disk_usage, staging)
         self._write_marker(staging, plan, size)
         log(f"environment {plan.key} ready in {time.monotonic() - started:.1f}s")
+
+    async def _install(
+        self, staging: Path, plan: EnvPlan, env: dict[str, str], cwd: Path, log: LogFn
+    ) -> None:
+        # What the base already has stays visible through layering; as constraints, uv still
+        # resolves the new packages against the versions the request asked for. The runtime's
+        # own ranges hold in every env: what is installed here shadows the base's copy.
+        pins = runtime_pins()
+        satisfied = [r.spec for r in plan.requirements if r not in plan.missing]
+        constraints = staging / "sandvisor-constraints.txt"
+        constraints.write_text("".join(f"{spec}\n" for spec in satisfied + [p.spec for p in pins]))
+        python = staging / "bin" / "python"
+        install: list[str | Path] = ["pip", "install", "--no-config", "--python", python]
+        install += ["--constraint", constraints]
+        try:
+            await self._uv([*install, "--", *(r.spec for r in plan.missing)], env, cwd, log)
+        except EnvError as exc:
+            explained = explain_resolution_failure(str(exc), pins)
+            if explained is None:
+                raise
+            raise EnvError(exc.error_type, f"{explained}\n{exc}") from None
 
     async def _uv(self, args: list[str | Path], env: dict[str, str], cwd: Path, log: LogFn) -> None:
         result = await run_uv([str(a) for a in args], env=env, cwd=cwd, on_log=log)
