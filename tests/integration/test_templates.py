@@ -54,6 +54,13 @@ def pool_of(sup: Supervisor) -> TemplatePool:
     return sup.templates
 
 
+def job_children(template: TemplateProcess) -> list[psutil.Process]:
+    """The template's children that are jobs: all but the spare it keeps for the next job."""
+    return [
+        child for child in psutil.Process(template.pid).children() if child.pid != template.spare
+    ]
+
+
 def template_of(sup: Supervisor, python: str = BASE) -> TemplateProcess:
     return pool_of(sup).running[python]
 
@@ -87,6 +94,54 @@ async def test_forked_child_has_its_own_session_and_group(sup: Supervisor) -> No
     assert who["pgid"] == who["sid"] == who["pid"]
     template = psutil.Process(template_of(sup).pid)
     assert who["sid"] != os.getsid(template.pid) and who["sid"] != os.getsid(0)
+
+
+SPARE_SEES = """
+import os
+def main():
+    return {"pid": os.getpid(), "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}
+"""
+
+
+async def test_a_spare_waits_for_the_next_job_and_is_used_once(sup: Supervisor) -> None:
+    template = template_of(sup)
+    spare = template.spare
+    assert spare is not None
+    spare_process = psutil.Process(spare)
+    assert spare_process.ppid() == template.pid
+    await wait_until(lambda: os.getsid(spare) == spare)  # out of the template's session
+    # None of the template's descriptors: stdin, stdout, stderr and the socket it waits on.
+    await wait_until(lambda: len(os.listdir(f"/proc/{spare}/fd")) == 4)
+    first = await ok(sup, function_request(SPARE_SEES))
+    assert first["pid"] == spare  # the job ran in the child forked ahead of it
+    # Its descriptors are the job's own: stdin, stdout, stderr, the channel, and the listing's.
+    assert len(first["fds"]) == 5
+    assert template.spare not in (None, spare)  # a new spare waits for the next job
+    second = await ok(sup, function_request(SPARE_SEES))
+    assert second["pid"] not in (first["pid"], spare)
+
+
+async def test_a_spare_that_died_is_replaced_without_failing_a_job(sup: Supervisor) -> None:
+    template = template_of(sup)
+    for _ in range(2):
+        dead = template.spare
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        await wait_until(lambda dead=dead: not psutil.pid_exists(dead))  # its template reaped it
+        response = await sup.run(function_request(WHO_AM_I))
+        assert response.success, response.error
+        assert response.timings is not None and "retried" not in response.timings
+        assert response.json_result["ppid"] == template.pid != os.getpid()
+        assert response.json_result["pid"] != dead
+
+
+async def test_the_spare_of_a_dead_template_is_reaped(sup: Supervisor) -> None:
+    template = template_of(sup)
+    spare = template.spare
+    assert spare is not None
+    os.kill(template.pid, signal.SIGKILL)
+    await wait_until(lambda: not template.alive)
+    await wait_until(lambda: not psutil.pid_exists(spare))  # it came to us, and we reaped it
 
 
 async def test_forked_child_gets_the_jobs_scrubbed_environment(
@@ -195,7 +250,8 @@ async def test_the_template_never_runs_user_code(sup: Supervisor) -> None:
     before = template.memory_info().rss
     await ok(sup, function_request("X = [0] * 10_000_000\ndef main():\n    return len(X)\n"))
     assert template.memory_info().rss < before + 40 * 1024 * 1024  # the 80 MB list was the child's
-    assert template.children() == []  # its jobs are gone: no job state held
+    # Its jobs are gone, no job state held: its one child is the spare forked for the next job.
+    assert [child.pid for child in template.children()] == [template_of(sup).spare]
 
 
 # -- lifecycle -------------------------------------------------------------------------------------
@@ -262,7 +318,7 @@ async def test_template_dead_between_jobs_is_restarted_without_a_retry(sup: Supe
 async def test_many_jobs_in_flight_when_the_template_dies_all_succeed(sup: Supervisor) -> None:
     template = template_of(sup)
     jobs = [asyncio.ensure_future(sup.run(function_request(SLEEPER))) for _ in range(5)]
-    await wait_until(lambda: len(psutil.Process(template.pid).children()) == 5)
+    await wait_until(lambda: len(job_children(template)) == 5)
     os.kill(template.pid, signal.SIGKILL)
     responses = await asyncio.gather(*jobs)
     assert all(r.success for r in responses), [r.error for r in responses]
@@ -276,10 +332,11 @@ async def test_supervisor_exit_stops_the_template_and_its_jobs(settings: Setting
         job = asyncio.ensure_future(
             sup.run(function_request(WAITS_FOR_FLAG, kwargs={"flag": never}))
         )
-        await wait_until(lambda: len(template.children()) == 1)
-        child = template.children()[0]
+        await wait_until(lambda: len(job_children(template_of(sup))) == 1)
+        child = job_children(template_of(sup))[0]
+        spare = psutil.Process(template_of(sup).spare)
     assert job.done() and not job.result().success
-    assert not template.is_running() and not child.is_running()
+    assert not template.is_running() and not child.is_running() and not spare.is_running()
 
 
 # -- one template per env, bounded, least recently used first --------------------------------------

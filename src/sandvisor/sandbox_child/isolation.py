@@ -35,6 +35,12 @@ def install_descriptors(channel_fd: int, stdout_fd: int, stderr_fd: int) -> int:
     return CHANNEL_FD
 
 
+def close_other_fds(keep: int) -> None:
+    """Close every descriptor above stderr except ``keep``."""
+    os.closerange(CHANNEL_FD, keep)
+    os.closerange(keep + 1, _max_fd())
+
+
 def _max_fd() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 65536

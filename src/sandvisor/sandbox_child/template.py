@@ -1,11 +1,19 @@
 """A warm template: an interpreter with the runtime (and preloads) imported that forks job children.
 
 It never runs user code and holds no job state. Commands come over a Unix socket as one byte:
-``F`` with three descriptors attached (job channel, stdout, stderr) forks a job child; ``P`` is a
+``F`` with three descriptors attached (job channel, stdout, stderr) starts a job child; ``P`` is a
 ping. Replies are frames on the same socket: ``ready`` once, ``forked`` per ``F`` in order,
-``exit`` when a job child it forked is reaped (with status and rusage), ``pong``. Orphans of jobs
-come to the template (it is a child subreaper) and are reaped silently. When the supervisor goes
-away (end of stream on the socket), the template kills every job it forked and leaves.
+``spare`` when it forks a spare (below), ``exit`` when a job child it started is reaped (with
+status and rusage), ``pong``. Orphans of jobs come to the template (it is a child subreaper) and
+are reaped silently. When the supervisor goes away (end of stream on the socket), the template
+kills every job it started, and its spare, and leaves.
+
+A job's child is forked ahead of the job: the template keeps one *spare*, a child forked from it
+that has already left the template's session, signals and descriptors, and waits on a socket of
+its own for a job's three descriptors. ``F`` hands them to the spare, and the template forks the
+next spare once it has answered. So the fork, and the page copies a fresh fork pays for, fall
+between jobs rather than inside one. A spare is forked from the template only and is given exactly
+one job: every job still gets a fresh child, and nothing of one job is in the next.
 
 The job child is made exactly as a spawned one is (``runner.run_job``): its own session, the
 job's descriptors only, the job's environment, limits and working dir. What the template imported
@@ -14,6 +22,7 @@ stays imported in the child, which is the point: the child starts at the cost of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -27,12 +36,14 @@ from typing import Any
 
 from sandvisor.protocol.frames import encode_frame
 from sandvisor.sandbox_child import logs
-from sandvisor.sandbox_child.isolation import own_session, reset_signals
+from sandvisor.sandbox_child.isolation import close_other_fds, own_session, reset_signals
 from sandvisor.sandbox_child.runner import run_job
 
 PR_SET_CHILD_SUBREAPER = 36
 COMMAND_FORK = b"F"
 COMMAND_PING = b"P"
+#: What the template sends a spare, with a job's three descriptors attached.
+ASSIGN_JOB = b"J"
 
 
 def become_subreaper() -> bool:
@@ -67,10 +78,44 @@ def cuda_initialized() -> bool:
     return bool(getattr(torch_cuda, "_initialized", False))
 
 
+class Spare:
+    """A child forked ahead of its job, waiting on ``socket`` for the job's descriptors."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.socket = sock
+
+
+def wait_as_spare(sock: socket.socket) -> None:
+    """The life of a spare: leave the template behind, wait for one job, run it; never returns.
+
+    What a job child does before it knows its job happens here, ahead of the job: its own
+    session, default signals, none of the template's descriptors. An end of stream (the template
+    stopped, or died) ends the spare.
+    """
+    code = 0
+    try:
+        reset_signals()
+        own_session()
+        # The job collects its own garbage as a fresh interpreter would; what the template froze
+        # stays out of its collections, so they never touch (and copy) the template's pages.
+        gc.enable()
+        close_other_fds(keep=sock.fileno())
+        message, fds, _, _ = socket.recv_fds(sock, 1, 3)
+        os.close(sock.detach())
+        if message == ASSIGN_JOB and len(fds) == 3:
+            run_job(*fds)  # never returns
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
 class Template:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.live: set[int] = set()
+        self.spare: Spare | None = None
+        self._fork_error = ""
         self._wakeup_r, wakeup_w = os.pipe()
         os.set_blocking(wakeup_w, False)
         os.set_blocking(self._wakeup_r, False)
@@ -97,34 +142,69 @@ class Template:
         if message == COMMAND_PING:
             self.send({"t": "pong", "ts": time.time(), "live": len(self.live)})
         elif message == COMMAND_FORK and len(fds) == 3:
-            self._fork(*fds)
+            self._start_job(*fds)
         else:
             for fd in fds:
                 os.close(fd)
             self.send({"t": "fork_failed", "error": f"bad command {message!r} with {len(fds)} fds"})
         return True
 
-    def _fork(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+    def _start_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+        fds = (channel_fd, stdout_fd, stderr_fd)
+        try:
+            pid = self._hand_to_spare(fds)
+        finally:
+            # Closed before the next spare is forked: a spare must not hold a job's pipes open.
+            for fd in fds:
+                os.close(fd)
+        if pid is None:
+            self.send({"t": "fork_failed", "error": f"fork: {self._fork_error}"})
+            return
+        self.live.add(pid)
+        self.send({"t": "forked", "pid": pid})
+        self.fork_spare()  # after the answer: the job never waits for the next job's fork
+
+    def _hand_to_spare(self, fds: tuple[int, int, int]) -> int | None:
+        """Give the job's descriptors to the spare (forked now if there is none); its pid."""
+        for _ in range(2):  # a spare that died since it was forked is replaced, once
+            spare, self.spare = self.spare or self._new_spare(), None
+            if spare is None:
+                return None
+            try:
+                socket.send_fds(spare.socket, [ASSIGN_JOB], list(fds))
+            except OSError as exc:
+                self._fork_error = f"spare {spare.pid} is gone ({exc})"
+                continue
+            finally:
+                spare.socket.close()
+            return spare.pid
+        return None
+
+    def fork_spare(self) -> None:
+        """Fork the spare the next job will get, unless there is one; the supervisor hears of it."""
+        if self.spare is None:
+            self.spare = self._new_spare()
+            if self.spare is not None:
+                self.send({"t": "spare", "pid": self.spare.pid})
+
+    def first_spare(self) -> int | None:
+        """Fork the first spare (before ``ready``, which names it); its pid."""
+        self.spare = self.spare or self._new_spare()
+        return self.spare.pid if self.spare is not None else None
+
+    def _new_spare(self) -> Spare | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send({"t": "fork_failed", "error": f"fork: {exc}"})
-        else:
-            if pid == 0:
-                self._become_job(channel_fd, stdout_fd, stderr_fd)
-            self.live.add(pid)
-            self.send({"t": "forked", "pid": pid})
-        finally:
-            for fd in (channel_fd, stdout_fd, stderr_fd):
-                os.close(fd)
-
-    def _become_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-        reset_signals()
-        own_session()
-        # The job collects its own garbage as a fresh interpreter would; what the template froze
-        # stays out of its collections, so they never touch (and copy) the template's pages.
-        gc.enable()
-        run_job(channel_fd, stdout_fd, stderr_fd)  # closes every other fd; never returns
+            self._fork_error = str(exc)
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            wait_as_spare(theirs)  # never returns
+        theirs.close()
+        return Spare(pid, ours)
 
     def _on_sigchld(self) -> bool:
         try:
@@ -151,13 +231,17 @@ class Template:
                         "stime": usage.ru_stime,
                     }
                 )
+            elif self.spare is not None and pid == self.spare.pid:
+                self.spare.socket.close()  # it died waiting; the next job gets a new one
+                self.spare = None
 
     def kill_jobs(self) -> None:
         for pid in self.live:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if self.spare is not None:  # perhaps not yet in a session of its own
+            with contextlib.suppress(OSError):
+                os.kill(self.spare.pid, signal.SIGKILL)
 
 
 def freeze_heap() -> None:
@@ -180,6 +264,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     template = Template(control)
     logs.prepare()
     freeze_heap()
+    spare = template.first_spare()  # after the freeze: the spare shares the frozen heap
     template.send(
         {
             "t": "ready",
@@ -190,6 +275,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
             "cuda_initialized": cuda_initialized(),
             # What every child starts with: jobs are sent only how theirs differs from it.
             "environ": dict(os.environ),
+            "spare": spare,
         }
     )
     try:

@@ -30,7 +30,7 @@ from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
 from sandvisor.sandbox_child.template import COMMAND_FORK
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
-from sandvisor.supervisor.proctree import JOB_ENV_VAR
+from sandvisor.supervisor.proctree import JOB_ENV_VAR, read_proc
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class TemplateProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._pending_forks: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
         self._exits: dict[int, asyncio.Future[ExitInfo | None]] = {}
+        #: The child the template forked for the next job (see sandbox_child/template.py).
+        self.spare: int | None = None
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -123,6 +125,7 @@ class TemplateProcess:
             raise
         self.preloaded = list(ready.get("preloaded", []))
         self.environ = dict(ready.get("environ") or {})
+        self.spare = ready.get("spare")
         for name, error in (ready.get("preload_failed") or {}).items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
         self.cuda_initialized = bool(ready.get("cuda_initialized"))
@@ -202,6 +205,8 @@ class TemplateProcess:
             self._resolve_next_fork(
                 error=TemplateLost(f"template could not fork: {frame.get('error')}")
             )
+        elif kind == "spare":
+            self.spare = frame["pid"]
         elif kind == "exit":
             waiter = self._exits.pop(frame["pid"], None)
             if waiter is not None and not waiter.done():
@@ -224,6 +229,21 @@ class TemplateProcess:
     async def _watch_exit(self) -> None:
         exit_info = await wait_for_exit(self.pid)
         self._lost(exit_info.describe() if exit_info is not None else "it ended")
+        await self._reap_spare()
+
+    async def _reap_spare(self) -> None:
+        """The dead template's spare came to us (we are a subreaper): end it and reap it.
+
+        It would leave by itself (its socket to the template is closed), but only its parent
+        can reap it, and that is now us.
+        """
+        spare, self.spare = self.spare, None
+        found = read_proc(spare) if spare is not None else None
+        if found is None or found.ppid != os.getpid():
+            return  # reaped by the template before it died, or adopted by another process
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found.pid, signal.SIGKILL)
+        await wait_for_exit(found.pid)
 
     def _lost(self, reason: str) -> None:
         """The template is gone: every waiter learns it now rather than hanging."""
@@ -257,7 +277,9 @@ class TemplateProcess:
             return None
         finally:
             os.close(fd)
-        return [pid for pid in map(int, data.split()) if pid not in self._exits]
+        return [
+            pid for pid in map(int, data.split()) if pid not in self._exits and pid != self.spare
+        ]
 
     def job_left_nothing(self, pid: int) -> bool:
         """Whether job ``pid``, already reaped, certainly left no process behind.
