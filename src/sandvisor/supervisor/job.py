@@ -235,7 +235,12 @@ class JobRun:
         finally:
             if self._gpu_lease is not None:
                 self._gpu_lease.release()
-        if oom_kills is not None:
+        # Only a SIGKILL can be the OOM killer's: other jobs skip the second read.
+        if (
+            oom_kills is not None
+            and report.exit is not None
+            and report.exit.signal == signal.SIGKILL
+        ):
             report.oom_kills = (oom_kill_count() or oom_kills) - oom_kills
         return self.respond(report)
 
