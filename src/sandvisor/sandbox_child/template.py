@@ -37,7 +37,6 @@ from typing import Any
 from sandvisor.protocol.frames import encode_frame
 from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import close_other_fds, own_session, reset_signals
-from sandvisor.sandbox_child.rehearsal import rehearse
 from sandvisor.sandbox_child.runner import run_job
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -264,7 +263,6 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     failed = preload(preloads)
     template = Template(control)
     logs.prepare()
-    rehearse()
     freeze_heap()
     spare = template.first_spare()  # after the freeze: the spare shares the frozen heap
     template.send(
