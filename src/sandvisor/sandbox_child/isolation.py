@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
 import resource
@@ -47,12 +48,17 @@ def _max_fd() -> int:
 
 
 def reset_signals() -> None:
-    """A forked child starts from default dispositions, not the template's."""
+    """A forked child starts from default dispositions, not the template's.
+
+    Through ``_signal``, the C module under ``signal``: the wrapper turns each previous handler
+    into an enum, which for a Python handler raises and formats a ValueError, and in a forked
+    child that costs dozens of page copies.
+    """
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as a fresh interpreter has it
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.signal(signal.SIGINT, signal.default_int_handler)
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as a fresh interpreter has it
 
 
 def apply_limits(rlimits: dict[str, list[int]], oom_score_adj: int | None) -> None:
