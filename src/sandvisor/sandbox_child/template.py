@@ -27,7 +27,7 @@ import ctypes
 import gc
 import importlib
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -121,17 +121,21 @@ class Template:
         os.set_blocking(self._wakeup_r, False)
         signal.set_wakeup_fd(wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(control, selectors.EVENT_READ, self._on_command)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_sigchld)
+        # A plain poll object, not ``selectors``: the loop runs once per job, and each page it
+        # writes after a fork is a page copied (the spare shares them all).
+        self._poll = select.poll()
+        self._handlers = {control.fileno(): self._on_command, self._wakeup_r: self._on_sigchld}
+        for fd in self._handlers:
+            self._poll.register(fd, select.POLLIN)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.control.sendall(encode_frame(frame))
 
     def serve(self) -> None:
+        handlers = self._handlers
         while True:
-            for key, _ in self._selector.select():
-                if key.data() is False:
+            for fd, _ in self._poll.poll():
+                if handlers[fd]() is False:
                     return
 
     def _on_command(self) -> bool:
