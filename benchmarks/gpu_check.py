@@ -53,11 +53,6 @@ def job_spec(python: str, request: dict[str, Any], env: dict[str, str], workdir:
         python=python,
         workdir=workdir,
         env=env,
-        timeout_s=limits.timeout_s,
-        grace_s=limits.grace_s,
-        max_output_bytes=limits.max_output_bytes,
-        max_result_bytes=limits.max_result_bytes,
-        rlimits=limits.rlimits(),
         limits=limits,
     )
 

@@ -266,7 +266,7 @@ class Supervisor:
         stop = asyncio.ensure_future(run.stopped())
         try:
             # A hung install (an index that never answers) is bounded by the job's own timeout.
-            timeout_s = run.spec.timeout_s
+            timeout_s = run.spec.limits.timeout_s
             await asyncio.wait(
                 {acquiring, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
@@ -299,11 +299,6 @@ class Supervisor:
             python=sys.executable,
             workdir=self.settings.jobs_dir / job_id,
             env=env,
-            timeout_s=limits.timeout_s,
-            grace_s=limits.grace_s,
-            max_output_bytes=limits.max_output_bytes,
-            max_result_bytes=limits.max_result_bytes,
-            rlimits=limits.rlimits(),
             limits=limits,
             watch_interval_s=self.settings.watch_interval_s,
             deployed_module=deployed.module if deployed else None,

@@ -319,7 +319,7 @@ class InstanceRegistry:
             job_id=actor_job,
             workdir=self._settings.jobs_dir / actor_job,
             env=run.spec.env | {JOB_ENV_VAR: actor_job},
-            timeout_s=limits.timeout_s,
+            limits=limits,
             display=False,
         )
         actor = ActorProcess(

@@ -76,15 +76,10 @@ class JobSpec:
     python: str
     workdir: Path
     env: dict[str, str]
-    timeout_s: float
-    grace_s: float
-    max_output_bytes: int
-    max_result_bytes: int
-    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    limits: Limits
     deployed_module: str | None = None
     deployed_sys_path: list[str] = field(default_factory=list)
     display: bool = False
-    limits: Limits | None = None  # None: only the timeout and sizes above apply
     watch_interval_s: float = 0.1
 
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -101,8 +96,8 @@ class JobSpec:
             "sys_path": self.deployed_sys_path,
             "workdir": str(self.workdir),
             "env": self.env,
-            "rlimits": {name: list(pair) for name, pair in self.rlimits.items()},
-            "max_result_bytes": self.max_result_bytes,
+            "rlimits": {name: list(pair) for name, pair in self.limits.rlimits().items()},
+            "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
             "display": self.display,
         }
@@ -184,7 +179,7 @@ class JobRun:
         self.watchdog: Watchdog | None = None
         self._gpu_lease: GpuLease | None = None
         self._template: TemplateProcess | None = None  # the one that forked the child, if any
-        self.output = OutputBuffer(spec.max_output_bytes)
+        self.output = OutputBuffer(spec.limits.max_output_bytes)
         self.timings = Timings()
         self.pid: int | None = None
         self.retried = False
@@ -247,7 +242,7 @@ class JobRun:
     async def _hold_gpus(self) -> FunctionResponse | None:
         """Wait for the job's GPUs (in arrival order); a failure response if stopped meanwhile."""
         limits = self.spec.limits
-        if self._gpus is None or limits is None or not self._gpus.total:
+        if self._gpus is None or not self._gpus.total:
             return None
         self._gpu_lease = self._gpus.try_acquire(limits.gpus)
         if self._gpu_lease is None:
@@ -374,7 +369,7 @@ class JobRun:
             try:
                 await asyncio.wait(
                     {exited, self._wake},
-                    timeout=self.spec.timeout_s,
+                    timeout=self.spec.limits.timeout_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -383,7 +378,7 @@ class JobRun:
             if self._stop_reason is None:
                 self._stop_reason = (
                     ErrorType.TIMEOUT,
-                    f"timed out: still running after the {self.spec.timeout_s:g} s limit",
+                    f"timed out: still running after the {self.spec.limits.timeout_s:g} s limit",
                 )
             report.stopped = self._stop_reason
             await self._terminate(exited)
@@ -415,10 +410,10 @@ class JobRun:
             await self._end_leftovers()
             return
         if self.tree is not None:
-            await terminate_tree(self.tree, self.spec.grace_s)
+            await terminate_tree(self.tree, self.spec.limits.grace_s)
         else:
             kill_group(self.pid, signal.SIGTERM)
-            done, _ = await asyncio.wait({exited}, timeout=self.spec.grace_s)
+            done, _ = await asyncio.wait({exited}, timeout=self.spec.limits.grace_s)
             if not done:
                 kill_group(self.pid, signal.SIGKILL)
         with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -439,7 +434,7 @@ class JobRun:
 
     def _start_watchdog(self) -> asyncio.Future[None] | None:
         limits = self.spec.limits
-        if limits is None or self.tree is None:
+        if self.tree is None:
             return None
         gpu_memory = gpu_memory_by_pid if self._gpu_lease and self._gpu_lease.gpus else None
         self.watchdog = Watchdog(
@@ -498,7 +493,7 @@ class JobRun:
 
     async def _read_frames(self, pipes: JobPipes, report: Report) -> None:
         loop = asyncio.get_running_loop()
-        decoder = FrameDecoder(self.spec.max_result_bytes + FRAME_OVERHEAD)
+        decoder = FrameDecoder(self.spec.limits.max_result_bytes + FRAME_OVERHEAD)
         try:
             while data := await loop.sock_recv(pipes.channel, READ_CHUNK):
                 for frame in decoder.feed(data):
@@ -527,7 +522,7 @@ class JobRun:
         """An event of the job: into its response's output, and live to the caller."""
         self.output.append(event.as_output())
         limits = self.spec.limits
-        if limits is not None and self.output.total > limits.output_flood_bytes:
+        if self.output.total > limits.output_flood_bytes:
             self.stop(
                 ErrorType.OUTPUT_LIMIT,
                 f"killed: output {format_bytes(self.output.total)} over the"
