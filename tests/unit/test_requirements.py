@@ -107,6 +107,13 @@ def test_key_changes_with_the_base(base: BaseEnvironment) -> None:
     assert env_key(reqs, base) != env_key(reqs, other)
 
 
+def test_key_changes_with_the_runtimes_ranges(base: BaseEnvironment) -> None:
+    reqs = parse_dependencies(["a"])
+    key = env_key(reqs, base, ["msgpack>=1.0.8", "cloudpickle>=3.1.1"])
+    assert key == env_key(reqs, base, ["cloudpickle>=3.1.1", "msgpack>=1.0.8"])
+    assert key != env_key(reqs, base, ["msgpack>=2", "cloudpickle>=3.1.1"])
+
+
 def test_base_satisfies_what_it_has(base: BaseEnvironment) -> None:
     six = str(base.versions["six"])
     assert base.satisfies(Requirement("six"))

@@ -14,14 +14,21 @@ from sandvisor.supervisor.base_env import BaseEnvironment
 from sandvisor.supervisor.requirements import NormalizedRequirement
 
 # Bump when the layout of a built env changes, so old envs are never reused.
-LAYOUT_VERSION = 1
+# 2: builds are constrained to the runtime's msgpack/cloudpickle ranges; older envs may not be.
+LAYOUT_VERSION = 2
 KEY_CHARS = 24
 
 
-def env_key(requirements: Iterable[NormalizedRequirement], base: BaseEnvironment) -> str:
+def env_key(
+    requirements: Iterable[NormalizedRequirement],
+    base: BaseEnvironment,
+    runtime: Iterable[str] = (),
+) -> str:
+    """``runtime``: the ranges the child runtime needs, which every build is held to."""
     document = {
         "layout": LAYOUT_VERSION,
         "requirements": sorted(r.spec for r in requirements),
+        "runtime": sorted(runtime),
         "tag": base.tag,
         "base": base.fingerprint,
     }

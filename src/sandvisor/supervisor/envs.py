@@ -206,7 +206,8 @@ class EnvStore:
         except RequirementRejected as exc:
             raise EnvError(ErrorType.INVALID_REQUEST, str(exc)) from None
         missing = tuple(r for r in requirements if not self.base.satisfies(r.to_packaging()))
-        key = env_key(requirements, self.base) if missing else None
+        runtime = (pin.spec for pin in runtime_pins())
+        key = env_key(requirements, self.base, runtime) if missing else None
         plan = EnvPlan(key=key, requirements=requirements, missing=missing)
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.pop(next(iter(self._plans)))
