@@ -14,6 +14,7 @@ from typing import Any
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.sandbox_child.runner import CHANNEL_BROKEN_EXIT
 from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.oom import cgroup_memory_limit
 from sandvisor.supervisor.process import ExitInfo, signal_name
 from sandvisor.supervisor.watchdog import format_bytes
 
@@ -159,9 +160,15 @@ def _oom_verdict(report: Report, exit_info: ExitInfo, after: str) -> str | None:
     limit = report.limits.memory_bytes if report.limits is not None else None
     of_limit = f" (limit {format_bytes(limit)})" if limit else ""
     if report.oom_kills:
+        container = cgroup_memory_limit()
+        where = (
+            f"the container ran out of memory (its limit is {format_bytes(container)})"
+            if container is not None
+            else "the machine ran out of memory"
+        )
         return (
             f"killed by the kernel's OOM killer (SIGKILL){after}; peak memory"
-            f" {format_bytes(peak)}{of_limit}: the machine ran out of memory"
+            f" {format_bytes(peak)}{of_limit}: {where}"
         )
     if limit and peak >= OOM_NEAR_LIMIT * limit:
         return (
