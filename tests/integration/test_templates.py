@@ -121,6 +121,42 @@ async def test_a_spare_waits_for_the_next_job_and_is_used_once(sup: Supervisor) 
     assert second["pid"] not in (first["pid"], spare)
 
 
+STREAMS = """
+import logging, os, stat, sys
+def main():
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    logging.warning("a record")
+    return {
+        "stdout_is_pipe": stat.S_ISFIFO(os.fstat(1).st_mode),
+        "seekable": [sys.stdout.seekable(), sys.stderr.seekable()],
+        "line_buffering": [sys.stdout.line_buffering, sys.stderr.line_buffering],
+        "same_objects": sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__,
+    }
+"""
+
+
+async def test_a_spare_made_its_streams_ahead_and_the_job_output_arrives_through_them(
+    sup: Supervisor,
+) -> None:
+    events: list[LogEvent] = []
+    response: FunctionResponse | None = None
+    async for item in sup.stream(function_request(STREAMS)):
+        if isinstance(item, FunctionResponse):
+            response = item
+        else:
+            events.append(item)
+    assert response is not None and response.success, response and response.error
+    assert response.json_result == {
+        "stdout_is_pipe": True,
+        "seekable": [False, False],  # made for a pipe, as the job's own are
+        "line_buffering": [True, True],
+        "same_objects": True,
+    }
+    seen = {(event.stream, event.text.strip()) for event in events}
+    assert {("stdout", "to stdout"), ("stderr", "to stderr"), ("log", "a record")} <= seen
+
+
 async def test_a_spare_that_died_is_replaced_without_failing_a_job(sup: Supervisor) -> None:
     template = template_of(sup)
     for _ in range(2):

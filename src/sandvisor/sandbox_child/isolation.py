@@ -120,6 +120,19 @@ def replace_environment(env: dict[str, str]) -> None:
             os.environ[name] = value
 
 
+def stand_in_stdio() -> None:
+    """Put a pipe that nobody reads on fds 1 and 2, until the job's own are put there.
+
+    So that streams made ahead of the job (in a spare) are made for a pipe, as the job's are,
+    rather than for the template's /dev/null, which is seekable.
+    """
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(read_end)
+    os.close(write_end)
+
+
 def line_buffered_stdio() -> None:
     """Fresh line-buffered text streams on fds 1 and 2.
 

@@ -281,18 +281,38 @@ def exit_code_of(exc: SystemExit) -> int:
     return 1
 
 
-def run_job(channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-    """The whole life of a job child, spawned or forked; never returns."""
+def prepare_streams() -> Channel:
+    """What a job child sets up before it knows its job, done ahead of it by a spare.
+
+    Line-buffered streams on fds 1 and 2, and logging records forwarded on the channel's fd: all
+    name descriptors, not what is behind them, and ``install_descriptors`` later puts the job's
+    own there. The channel is the one the job then speaks on (one lock for all its frames).
+    """
+    isolation.stand_in_stdio()
+    isolation.line_buffered_stdio()
+    channel = Channel(isolation.CHANNEL_FD)
+    install_log_forwarding(channel)
+    return channel
+
+
+def run_job(
+    channel_fd: int, stdout_fd: int, stderr_fd: int, prepared: Channel | None = None
+) -> None:
+    """The whole life of a job child, spawned or forked; never returns.
+
+    ``prepared``: the channel :func:`prepare_streams` made ahead of the job, if it ran.
+    """
     code = 0
     try:
         fd = isolation.install_descriptors(channel_fd, stdout_fd, stderr_fd)
-        channel = Channel(fd)
+        channel = prepared if prepared is not None and prepared.fd == fd else Channel(fd)
         job = channel.receive()
         isolation.name_process(job.get("comm"))
         isolation.apply_job_environment(job)
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
-        isolation.line_buffered_stdio()
-        install_log_forwarding(channel)
+        if channel is not prepared:
+            isolation.line_buffered_stdio()
+            install_log_forwarding(channel)
         if job.get("actor"):
             # Imported here: the actor loop builds on this module.
             from sandvisor.sandbox_child.actor import serve_actor

@@ -37,7 +37,7 @@ from typing import Any
 from sandvisor.protocol.frames import encode_frame
 from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import close_other_fds, own_session, reset_signals
-from sandvisor.sandbox_child.runner import run_job
+from sandvisor.sandbox_child.runner import prepare_streams, run_job
 
 PR_SET_CHILD_SUBREAPER = 36
 COMMAND_FORK = b"F"
@@ -90,8 +90,9 @@ def wait_as_spare(sock: socket.socket) -> None:
     """The life of a spare: leave the template behind, wait for one job, run it; never returns.
 
     What a job child does before it knows its job happens here, ahead of the job: its own
-    session, default signals, none of the template's descriptors. An end of stream (the template
-    stopped, or died) ends the spare.
+    session, default signals, none of the template's descriptors, its output streams and its
+    logging (``runner.prepare_streams``). An end of stream (the template stopped, or died) ends
+    the spare.
     """
     code = 0
     try:
@@ -101,10 +102,11 @@ def wait_as_spare(sock: socket.socket) -> None:
         # stays out of its collections, so they never touch (and copy) the template's pages.
         gc.enable()
         close_other_fds(keep=sock.fileno())
+        channel = prepare_streams()
         message, fds, _, _ = socket.recv_fds(sock, 1, 3)
         os.close(sock.detach())
         if message == ASSIGN_JOB and len(fds) == 3:
-            run_job(*fds)  # never returns
+            run_job(*fds, prepared=channel)  # never returns
     except BaseException:
         code = 1
     os._exit(code)
