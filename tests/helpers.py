@@ -10,6 +10,9 @@ from typing import Any
 
 import psutil
 
+from sandvisor.protocol.models import FunctionResponse
+from sandvisor.supervisor.core import Supervisor
+from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +67,18 @@ async def eventually(condition: Callable[[], bool], within_s: float = 5.0) -> bo
             return True
         await asyncio.sleep(0.02)
     return False
+
+
+async def streamed(
+    sup: Supervisor, request: dict[str, Any]
+) -> tuple[list[LogEvent], FunctionResponse]:
+    """Every event ``sup.stream`` gives for ``request``, and the response that ends them."""
+    events: list[LogEvent] = []
+    response: FunctionResponse | None = None
+    async for item in sup.stream(request):
+        if isinstance(item, FunctionResponse):
+            response = item
+        else:
+            events.append(item)
+    assert response is not None, "the stream ended without a response"
+    return events, response

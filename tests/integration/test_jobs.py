@@ -13,7 +13,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
-from tests.helpers import EXAMPLES, function_request, make_settings
+from tests.helpers import EXAMPLES, function_request, make_settings, streamed
 
 from sandvisor.protocol.codec import encode_value
 from sandvisor.protocol.models import ErrorType, FunctionResponse
@@ -88,14 +88,8 @@ async def test_output_of_subprocesses_and_c_level_writes_is_captured(sup: Superv
         "    ctypes.CDLL(None).puts(b'from-libc-puts')\n"
         "    print('to-stderr', file=sys.stderr)\n"
     )
-    events: list[LogEvent] = []
-    response = None
-    async for item in sup.stream(function_request(code)):
-        if isinstance(item, LogEvent):
-            events.append(item)
-        else:
-            response = item
-    assert response is not None and response.success, response
+    events, response = await streamed(sup, function_request(code))
+    assert response.success, response
     for text in (
         "from-shell",
         "from-subprocess-stderr",

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.helpers import function_request, make_settings, process_gone
+from tests.helpers import function_request, make_settings, process_gone, streamed
 
 from sandvisor.protocol.frames import EndOfStream, encode_frame, read_frame
 from sandvisor.protocol.models import FunctionResponse
@@ -139,14 +139,8 @@ def main():
 async def test_a_spare_made_its_streams_ahead_and_the_job_output_arrives_through_them(
     sup: Supervisor,
 ) -> None:
-    events: list[LogEvent] = []
-    response: FunctionResponse | None = None
-    async for item in sup.stream(function_request(STREAMS)):
-        if isinstance(item, FunctionResponse):
-            response = item
-        else:
-            events.append(item)
-    assert response is not None and response.success, response and response.error
+    events, response = await streamed(sup, function_request(STREAMS))
+    assert response.success, response.error
     assert response.json_result == {
         "stdout_is_pipe": True,
         "seekable": [False, False],  # made for a pipe, as the job's own are
@@ -571,14 +565,8 @@ async def test_a_preload_that_kills_the_template_costs_jobs_a_fresh_start_only(
         pool = pool_of(sup)
         assert pool.running == {} and pool.started == 0
         for attempt in range(2):
-            events: list[LogEvent] = []
-            response: FunctionResponse | None = None
-            async for item in sup.stream(function_request(WHO_AM_I)):
-                if isinstance(item, FunctionResponse):
-                    response = item
-                else:
-                    events.append(item)
-            assert response is not None and response.success, response and response.error
+            events, response = await streamed(sup, function_request(WHO_AM_I))
+            assert response.success, response.error
             assert not response.json_result["forked"]  # a fresh interpreter ran it
             said = " ".join(e.text for e in events if e.stream == "system")
             assert "did not start" in said and "fresh interpreter" in said
