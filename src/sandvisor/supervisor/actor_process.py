@@ -35,7 +35,13 @@ from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_fra
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent, Stream
-from sandvisor.supervisor.job import FRAME_OVERHEAD, JobSpec, launch_child, send_ahead
+from sandvisor.supervisor.job import (
+    FRAME_OVERHEAD,
+    JobSpec,
+    launch_child,
+    readable,
+    send_ahead,
+)
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report
@@ -335,7 +341,7 @@ class ActorProcess:
     async def _pump(self, stream: Stream, fd: int) -> None:
         """Deliver the pipe's output as it comes, until end of file."""
         while True:
-            await _readable(fd)
+            await readable(asyncio.get_running_loop(), fd)
             async with self._locks[stream]:
                 data = _read_some(fd)
                 if data is None:
@@ -392,17 +398,6 @@ class ActorProcess:
         if self._pipes is not None:
             self._pipes.close()
         await asyncio.to_thread(shutil.rmtree, self.spec.workdir, True)
-
-
-async def _readable(fd: int) -> None:
-    """Wait until ``fd`` has data or end of file; a one-shot reader, so a paused pump never spins."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
 
 
 def _read_some(fd: int) -> bytes | None:
