@@ -207,17 +207,27 @@ async def test_output_before_a_crash_is_returned(sup: Supervisor) -> None:
     await assert_clean(sup, job_id, baseline)
 
 
+async def started_job(
+    sup: Supervisor, code: str, flag: Path
+) -> tuple[asyncio.Future[FunctionResponse], str, Baseline, str]:
+    """Start a job that writes ``flag`` (its one argument) once it runs; wait for it to.
+
+    The job's response to come, its id, what ran before it, and what it wrote.
+    """
+    baseline = Baseline.take()
+    job_id = new_id()
+    running = asyncio.ensure_future(sup.run(function_request(code, args=[str(flag)]), job_id))
+    return running, job_id, baseline, await _file_text(flag)
+
+
 async def test_sigkill_from_outside_mid_run(sup: Supervisor, tmp_path: Path) -> None:
     flag = tmp_path / "pid"
     code = (
         "import os, time\ndef main(flag):\n    open(flag + '.tmp', 'w').write(str(os.getpid()))\n"
         "    os.rename(flag + '.tmp', flag)\n    time.sleep(60)\n"
     )
-    baseline = Baseline.take()
-    job_id = new_id()
-    running = asyncio.ensure_future(sup.run(function_request(code, args=[str(flag)]), job_id))
-    pid = int(await _file_text(flag))
-    os.kill(pid, signal.SIGKILL)
+    running, job_id, baseline, written = await started_job(sup, code, flag)
+    os.kill(int(written), signal.SIGKILL)
     response = await asyncio.wait_for(running, 30)
     assert response.error_type == ErrorType.SIGNAL
     assert response.signal == 9
@@ -312,10 +322,7 @@ async def test_cancel_mid_run(sup: Supervisor, tmp_path: Path) -> None:
         "    subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
         "    open(flag, 'w').close()\n    time.sleep(300)\n"
     )
-    baseline = Baseline.take()
-    job_id = new_id()
-    running = asyncio.ensure_future(sup.run(function_request(code, args=[str(flag)]), job_id))
-    await _file_text(flag)
+    running, job_id, baseline, _ = await started_job(sup, code, flag)
     assert await sup.cancel(job_id)
     response = await asyncio.wait_for(running, 30)
     assert response.error_type == ErrorType.CANCELLED
@@ -330,10 +337,7 @@ async def test_asyncio_cancellation_of_run_leaves_nothing(sup: Supervisor, tmp_p
         "    subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
         "    open(flag, 'w').close()\n    time.sleep(300)\n"
     )
-    baseline = Baseline.take()
-    job_id = new_id()
-    running = asyncio.ensure_future(sup.run(function_request(code, args=[str(flag)]), job_id))
-    await _file_text(flag)
+    running, job_id, baseline, _ = await started_job(sup, code, flag)
     started = time.monotonic()
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
