@@ -348,6 +348,39 @@ async def test_asyncio_cancellation_of_run_leaves_nothing(sup: Supervisor, tmp_p
     await assert_clean(sup, job_id, baseline)
 
 
+SIGNALS_ITS_PARENT = """
+import os, signal, time
+def main(signum):
+    os.kill(os.getppid(), signum)
+    time.sleep(0.5)
+    return "after the signal"
+"""
+
+
+async def test_a_job_that_asks_its_parent_to_stop_costs_nothing(sup: Supervisor) -> None:
+    # The parent is a template (whose death costs its jobs a retry) or a spawned job's host
+    # (which ignores such requests): never the supervisor.
+    response, job_id, baseline = await run_hostile(
+        sup, SIGNALS_ITS_PARENT, args=[int(signal.SIGTERM)]
+    )
+    assert response.success, response.error
+    assert response.json_result == "after the signal"
+    assert (await sup.run(HELLO)).success
+    await assert_clean(sup, job_id, baseline)
+
+
+async def test_a_job_that_kills_its_parent_costs_that_job_only(sup: Supervisor) -> None:
+    response, job_id, baseline = await run_hostile(
+        sup, SIGNALS_ITS_PARENT, args=[int(signal.SIGKILL)]
+    )
+    # Forked: its template dies, and its retry on a fresh spawn kills that spawn's host. Either
+    # way the job has no answer, says so, and the worker goes on.
+    assert not response.success
+    assert response.error_type in (ErrorType.SIGNAL, ErrorType.LOST), response.error
+    assert (await sup.run(HELLO)).success
+    await assert_clean(sup, job_id, baseline)
+
+
 async def test_the_workers_secrets_are_not_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -386,7 +419,8 @@ def main():
         comm = handle.read().strip()
     limits = {name: list(resource.getrlimit(getattr(resource, name)))
               for name in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_CPU")}
-    return {"oom": oom, "comm": comm, "limits": limits, "sid": os.getsid(0) == os.getpid()}
+    session = {"sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid(), "ppid": os.getppid()}
+    return {"oom": oom, "comm": comm, "limits": limits, "session": session}
 """
     job_id = new_id()
     limits = {"memory_mb": 256, "cpu_s": 30, "max_open_files": 100}
@@ -395,7 +429,11 @@ def main():
     seen = response.json_result
     assert seen["oom"] == 1000
     assert seen["comm"] == ("sv-" + job_id)[:15]
-    assert seen["sid"] is True
+    # A session and group of its own: led by the job itself when forked, by its host (its
+    # parent, which runs none of its code: sandbox_child/host.py) when spawned.
+    session = seen["session"]
+    assert session["sid"] == session["pgid"] != os.getsid(0)
+    assert session["sid"] in (session["pid"], session["ppid"])
     assert seen["limits"]["RLIMIT_CORE"] == [0, 0]
     assert seen["limits"]["RLIMIT_NOFILE"] == [100, 100]
     assert seen["limits"]["RLIMIT_CPU"][0] == 30

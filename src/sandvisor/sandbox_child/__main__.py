@@ -18,9 +18,9 @@ def main() -> None:
         preloads = [name.strip() for name in options.preload.split(",") if name.strip()]
         serve_template(options.control_fd, preloads)
     else:
-        from sandvisor.sandbox_child.runner import run_job
+        from sandvisor.sandbox_child.host import host_job
 
-        run_job(options.channel_fd, 1, 2)
+        host_job(options.channel_fd)
 
 
 if __name__ == "__main__":

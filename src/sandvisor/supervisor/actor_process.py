@@ -196,6 +196,7 @@ class ActorProcess:
             job_id=self.spec.job_id,
             root_pid=self.pid,
             adopters=(template.pid,) if template is not None else (),
+            hosted=templates is None,
         )
         self._exit_task = asyncio.ensure_future(self._watch_exit(exited))
         for stream, fd in (("stdout", pipes.stdout_r), ("stderr", pipes.stderr_r)):

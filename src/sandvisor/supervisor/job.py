@@ -315,7 +315,10 @@ class JobRun:
         # Its template is a subreaper: what the job's processes orphan goes there, not to us.
         self._template = template
         self.tree = ProcessTree(
-            self.spec.job_id, self.pid, adopters=(template.pid,) if template is not None else ()
+            self.spec.job_id,
+            self.pid,
+            adopters=(template.pid,) if template is not None else (),
+            hosted=template is None,
         )
         return exited
 

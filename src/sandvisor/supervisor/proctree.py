@@ -215,6 +215,9 @@ class ProcessTree:
     root_pid: int
     #: Besides us, the processes that adopt the job's orphans (the template that forked it).
     adopters: tuple[int, ...] = ()
+    #: The root is a spawned job's host (sandbox_child/host.py), not the job: it is found and
+    #: stopped with the job, but its memory, CPU and count are not the job's.
+    hosted: bool = False
     members: dict[int, ProcInfo] = field(default_factory=dict)
     seen: int = 0
     _known: dict[int, int] = field(default_factory=dict)  # pid -> start ticks
@@ -244,6 +247,8 @@ class ProcessTree:
 
     def sample(self, table: dict[int, ProcInfo] | None = None) -> TreeSample:
         live = [info for info in self.refresh(table).values() if not info.zombie]
+        if self.hosted:
+            live = [info for info in live if info.pid != self.root_pid]
         return TreeSample(
             rss_bytes=sum(info.rss_bytes for info in live),
             procs=len(live),
