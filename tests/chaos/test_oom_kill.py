@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.chaos
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_LIMIT_BYTES = 256 * 1024 * 1024
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
