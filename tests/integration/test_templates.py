@@ -590,3 +590,35 @@ async def test_a_variable_a_preload_set_in_the_template_is_not_in_the_jobs_envir
     async with Supervisor(settings) as sup:
         assert template_of(sup).environ.get("SET_BY_PRELOAD") == "1"
         assert await ok(sup, function_request(code)) == [None, True]
+
+
+BALLAST_MB = 300
+USES_MEMORY = """
+import time
+def main(megabytes):
+    own = bytearray(megabytes * 1024 * 1024)  # zero-filled: every page touched
+    time.sleep(0.4)  # sampled a few times while it holds it
+    return len(own) // (1024 * 1024)
+"""
+
+
+async def test_a_preload_shared_with_every_job_does_not_count_in_full_against_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template that preloads 300 MB, jobs limited to 256 MB: the shared pages are counted in
+    proportion (RSS alone would put every job over the limit), the job's own memory in full."""
+    modules = tmp_path / "preloads"
+    modules.mkdir()
+    (modules / "sv_ballast.py").write_text(f"BALLAST = bytearray({BALLAST_MB} * 1024 * 1024)\n")
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+    settings = make_settings(
+        tmp_path / "home", preload=["sv_ballast"], watch_interval_s=0.05, memory_mb=4096
+    )
+    async with Supervisor(settings) as sup:
+        assert template_of(sup).preloaded == ["sv_ballast"]
+        small = function_request(USES_MEMORY, args=[20], limits={"memory_mb": 256})
+        assert await ok(sup, small) == 20
+        large = function_request(USES_MEMORY, args=[400], limits={"memory_mb": 256})
+        response = await sup.run(large)
+        assert response.error_type == "memory_limit", response.error
+        assert (response.error or "").startswith("killed: memory ")

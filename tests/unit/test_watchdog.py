@@ -35,9 +35,12 @@ def limits(**asked: object) -> Limits:
     return Limits.resolve(settings, RequestLimits.model_validate(asked))
 
 
-def watchdog(clock: Clock, **asked: object) -> Watchdog:
+def watchdog(clock: Clock, proportional: int | None = None, **asked: object) -> Watchdog:
+    """A watchdog given its samples; ``proportional``: what a PSS read would say (None: nothing)."""
     tree = ProcessTree("job", root_pid=2**22 + 1)  # never sampled: samples are given
-    return Watchdog(tree, limits(**asked), interval_s=0.1, clock=clock)
+    return Watchdog(
+        tree, limits(**asked), interval_s=0.1, clock=clock, proportional=lambda _: proportional
+    )
 
 
 def sample(rss: float = 0, procs: int = 1, cpu: float = 0.0) -> TreeSample:
@@ -62,6 +65,14 @@ def test_memory_breach_reads_as_a_person_would_want() -> None:
     assert breach is not None
     assert breach.error_type is ErrorType.MEMORY_LIMIT
     assert breach.message == "memory 2.1 GB over the 2.0 GB limit after 3.4 s"
+
+
+def test_memory_shared_with_the_template_is_counted_in_proportion() -> None:
+    # 2.1 GB resident, most of it the template's pages: its proportional share decides.
+    clock = Clock()
+    assert watchdog(clock, proportional=int(0.5 * GB)).check(sample(rss=2.1 * GB)) is None
+    breach = watchdog(clock, proportional=int(2.5 * GB)).check(sample(rss=2.1 * GB))
+    assert breach is not None and breach.message.startswith("memory 2.5 GB over the 2.0 GB")
 
 
 def test_process_cpu_and_time_breaches() -> None:

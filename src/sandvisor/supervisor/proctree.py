@@ -123,6 +123,28 @@ def read_proc(pid: int) -> ProcInfo | None:
     )
 
 
+def proportional_bytes(pids: Iterable[int]) -> int | None:
+    """The processes' proportional set size (PSS) summed: each page shared by N processes counts
+    1/N. None when the kernel does not say (no ``smaps_rollup``) for any of them.
+
+    Costs a walk of each process's page tables, so it confirms a memory breach that RSS suggests
+    rather than being sampled: RSS counts in full, in every job, the pages a forked job shares
+    with its template (everything a preload imported).
+    """
+    total: int | None = None
+    for pid in pids:
+        try:
+            with open(f"{_PROC}/{pid}/smaps_rollup", "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue  # gone, or no smaps_rollup (Linux < 4.14)
+        for line in text.splitlines():
+            if line.startswith(b"Pss:"):
+                total = (total or 0) + int(line.split()[1]) * 1024
+                break
+    return total
+
+
 def scan() -> dict[int, ProcInfo]:
     table: dict[int, ProcInfo] = {}
     for name in os.listdir(_PROC):

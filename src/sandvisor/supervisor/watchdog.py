@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.limits import Limits
-from sandvisor.supervisor.proctree import ProcessTree, TreeSample, snapshot
+from sandvisor.supervisor.proctree import (
+    ProcessTree,
+    TreeSample,
+    proportional_bytes,
+    snapshot,
+)
 
 # RLIMIT_CPU ends a single process at its limit; the watchdog ends a tree whose processes
 # together went over it, a little later so that a lone process meets its own rlimit first and
@@ -23,6 +28,8 @@ from sandvisor.supervisor.proctree import ProcessTree, TreeSample, snapshot
 _CPU_SLACK_S = 1.0
 
 GpuMemoryReader = Callable[[], dict[int, int]]
+#: Proportional set size of some processes, or None when the kernel does not say.
+ProportionalReader = Callable[[Iterable[int]], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,10 @@ class Watchdog:
         started: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         gpu_memory: GpuMemoryReader | None = None,
+        proportional: ProportionalReader = proportional_bytes,
     ) -> None:
         self.tree = tree
+        self.proportional = proportional
         self.limits = limits
         self.interval_s = interval_s
         self.clock = clock
@@ -100,10 +109,11 @@ class Watchdog:
         elapsed = self.elapsed()
         after = f"after {format_seconds(elapsed)}"
         limits = self.limits
-        if sample.rss_bytes > limits.memory_bytes:
+        memory = self._memory(sample)
+        if memory > limits.memory_bytes:
             return Breach(
                 ErrorType.MEMORY_LIMIT,
-                f"memory {format_bytes(sample.rss_bytes)} over the"
+                f"memory {format_bytes(memory)} over the"
                 f" {format_bytes(limits.memory_bytes)} limit {after}",
             )
         if sample.procs > limits.max_procs:
@@ -137,6 +147,18 @@ class Watchdog:
             breach = self.check()
             if breach is not None:
                 return breach
+
+    def _memory(self, sample: TreeSample) -> int:
+        """The tree's memory: its RSS, or, when that is over the limit, its proportional share.
+
+        RSS counts in full the pages a forked job shares with its template; its proportional
+        share counts them divided among the processes that share them, and is only read when
+        RSS alone would mean a breach.
+        """
+        if sample.rss_bytes <= self.limits.memory_bytes:
+            return sample.rss_bytes
+        proportional = self.proportional(sample.pids)
+        return sample.rss_bytes if proportional is None else proportional
 
     def _note(self, sample: TreeSample) -> None:
         record = self.record
