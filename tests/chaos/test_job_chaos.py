@@ -381,6 +381,21 @@ async def test_a_job_that_kills_its_parent_costs_that_job_only(sup: Supervisor) 
     await assert_clean(sup, job_id, baseline)
 
 
+UNMARKED_DAEMON = """
+import subprocess
+def main():
+    # Its own session, an environment without the job's variable, a name of its own.
+    return subprocess.Popen(["sleep", "300"], env={}, start_new_session=True).pid
+"""
+
+
+async def test_a_leftover_without_any_mark_of_the_job_goes_with_it(sup: Supervisor) -> None:
+    response, job_id, baseline = await run_hostile(sup, UNMARKED_DAEMON)
+    assert response.success, response.error
+    assert process_gone(response.json_result)  # gone when run() returned, not later
+    await assert_clean(sup, job_id, baseline)
+
+
 async def test_the_workers_secrets_are_not_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

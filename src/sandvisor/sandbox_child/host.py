@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 
+from sandvisor.sandbox_child.isolation import become_subreaper
 from sandvisor.sandbox_child.runner import run_job
 
 #: Signals that ask a process to stop: the host, which runs no code of the job's, ignores them.
@@ -30,6 +31,7 @@ STOP_REQUESTS = (
 
 def host_job(channel_fd: int) -> None:
     """Run the job on ``channel_fd`` (stdout and stderr are fds 1 and 2) in a child; never returns."""
+    become_subreaper()  # what the job orphans comes here, and goes when the job ends
     pid = os.fork()
     if pid == 0:
         run_job(channel_fd, 1, 2)  # never returns
@@ -42,7 +44,30 @@ def host_job(channel_fd: int) -> None:
     os.close(devnull)
     os.close(channel_fd)
     _, status = os.waitpid(pid, 0)
+    end_leftovers()
     end_as(status)
+
+
+def end_leftovers() -> None:
+    """Kill and reap what the job left running: every child the host has now is an orphan of
+    the job (renamed or not, with an environment of its own or not), and so are theirs."""
+    while children := _children():
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.killpg(child, signal.SIGKILL)  # its group, if it leads one
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while True:  # reaping one may hand us its children: the next round gets them
+                os.waitpid(-1, 0)
+
+
+def _children() -> list[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as handle:
+            return [int(pid) for pid in handle.read().split()]
+    except OSError:
+        return []  # no CONFIG_PROC_CHILDREN: the supervisor's tree still finds marked ones
 
 
 def end_as(status: int) -> None:

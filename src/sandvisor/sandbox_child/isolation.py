@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _signal
+import ctypes
 import fcntl
 import os
 import resource
@@ -11,6 +12,15 @@ import sys
 from typing import Any
 
 CHANNEL_FD = 3
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def own_session() -> None:

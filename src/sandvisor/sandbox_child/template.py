@@ -23,7 +23,6 @@ stays imported in the child, which is the point: the child starts at the cost of
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import importlib
 import os
@@ -36,22 +35,18 @@ from typing import Any
 
 from sandvisor.protocol.frames import encode_frame
 from sandvisor.sandbox_child import logs
-from sandvisor.sandbox_child.isolation import close_other_fds, own_session, reset_signals
+from sandvisor.sandbox_child.isolation import (
+    become_subreaper,
+    close_other_fds,
+    own_session,
+    reset_signals,
+)
 from sandvisor.sandbox_child.runner import prepare_streams, run_job
 
-PR_SET_CHILD_SUBREAPER = 36
 COMMAND_FORK = b"F"
 COMMAND_PING = b"P"
 #: What the template sends a spare, with a job's three descriptors attached.
 ASSIGN_JOB = b"J"
-
-
-def become_subreaper() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def preload(modules: list[str]) -> dict[str, str]:

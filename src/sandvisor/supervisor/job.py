@@ -432,6 +432,12 @@ class JobRun:
             await terminate_tree(self.tree, 0.0)
         elif self.pid is not None:
             kill_group(self.pid, signal.SIGKILL)
+        if self._template is not None:
+            # Orphans that bear no mark of the job (renamed, given an environment of their own)
+            # are still the template's strays, and with no other job on it, leftovers.
+            for stray in self._template.leftovers():
+                adopters = (self._template.pid,)
+                await terminate_tree(ProcessTree(self.spec.job_id, stray, adopters), 0.0)
 
     # -- watching ------------------------------------------------------------------------------
 

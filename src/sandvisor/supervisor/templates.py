@@ -296,6 +296,17 @@ class TemplateProcess:
             return False
         return self.alive and self.strays() == []
 
+    def leftovers(self) -> list[int]:
+        """The template's stray children, when they can only be leftovers of jobs that ended.
+
+        A stray is a child the template did not fork: an orphan of one of its jobs. While no
+        job of the template runs or is being started, nothing alive can still want it, however
+        it was renamed or whatever environment it was given; otherwise none are returned.
+        """
+        if self._exits or self._pending_forks or not self.alive:
+            return []
+        return self.strays() or []
+
     @property
     def busy(self) -> bool:
         return bool(self._exits) or bool(self._pending_forks)
