@@ -381,18 +381,36 @@ async def test_a_job_that_kills_its_parent_costs_that_job_only(sup: Supervisor) 
     await assert_clean(sup, job_id, baseline)
 
 
-UNMARKED_DAEMON = """
-import subprocess
-def main():
-    # Its own session, an environment without the job's variable, a name of its own.
-    return subprocess.Popen(["sleep", "300"], env={}, start_new_session=True).pid
+UNMARKED_DAEMONS = """
+import subprocess, time
+def main(pids_file):
+    # Each in a session of its own, with an environment without the job's variable and a name
+    # of its own; the second is the child of a first that lives on, in yet another session.
+    first = subprocess.Popen(["sleep", "300"], env={}, start_new_session=True)
+    nested = subprocess.Popen(
+        ["sh", "-c", "setsid sleep 300 & echo $! > " + pids_file + "; exec sleep 300"],
+        env={"PATH": "/usr/bin:/bin"},
+        start_new_session=True,
+    )
+    while True:
+        try:
+            with open(pids_file) as handle:
+                grandchild = int(handle.read())
+            break
+        except (OSError, ValueError):
+            time.sleep(0.01)
+    return [first.pid, nested.pid, grandchild]
 """
 
 
-async def test_a_leftover_without_any_mark_of_the_job_goes_with_it(sup: Supervisor) -> None:
-    response, job_id, baseline = await run_hostile(sup, UNMARKED_DAEMON)
+async def test_leftovers_without_any_mark_of_the_job_go_with_it(
+    sup: Supervisor, tmp_path: Path
+) -> None:
+    pids_file = str(tmp_path / "pids")
+    response, job_id, baseline = await run_hostile(sup, UNMARKED_DAEMONS, args=[pids_file])
     assert response.success, response.error
-    assert process_gone(response.json_result)  # gone when run() returned, not later
+    for pid in response.json_result:
+        assert process_gone(pid), pid  # gone when run() returned, not later
     await assert_clean(sup, job_id, baseline)
 
 

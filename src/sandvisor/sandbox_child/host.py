@@ -14,6 +14,7 @@ import contextlib
 import os
 import resource
 import signal
+import time
 
 from sandvisor.sandbox_child.isolation import become_subreaper
 from sandvisor.sandbox_child.runner import run_job
@@ -50,16 +51,24 @@ def host_job(channel_fd: int) -> None:
 
 def end_leftovers() -> None:
     """Kill and reap what the job left running: every child the host has now is an orphan of
-    the job (renamed or not, with an environment of its own or not), and so are theirs."""
+    the job (renamed or not, with an environment of its own or not), and so are theirs, which
+    come to the host as their parents die."""
     while children := _children():
         for child in children:
             with contextlib.suppress(OSError):
                 os.killpg(child, signal.SIGKILL)  # its group, if it leads one
             with contextlib.suppress(OSError):
                 os.kill(child, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while True:  # reaping one may hand us its children: the next round gets them
-                os.waitpid(-1, 0)
+        if not _reap_the_dead():
+            time.sleep(0.005)  # SIGKILL takes effect soon, not at once
+
+
+def _reap_the_dead() -> int:
+    reaped = 0
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            reaped += 1
+    return reaped
 
 
 def _children() -> list[int]:
