@@ -12,7 +12,6 @@ import asyncio
 import os
 import resource
 import signal
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,15 @@ from typing import Any
 import psutil
 import pytest
 from tests.helpers import function_request, make_settings, process_gone, streamed
+from tests.integration.templates_helpers import (
+    BASE,
+    WHO_AM_I,
+    job_children,
+    ok,
+    pool_of,
+    template_of,
+    wait_until,
+)
 
 from sandvisor.protocol.frames import EndOfStream, encode_frame, read_frame
 from sandvisor.protocol.models import FunctionResponse
@@ -29,53 +37,13 @@ from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.process import JobPipes
 from sandvisor.supervisor.settings import Settings
-from sandvisor.supervisor.templates import TemplatePool, TemplateProcess
-
-BASE = sys.executable
-
-WHO_AM_I = """
-import os, sys
-def main():
-    return {
-        "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
-        "python": sys.executable, "forked": "sandvisor.sandbox_child.template" in sys.modules,
-    }
-"""
+from sandvisor.supervisor.templates import TemplateProcess
 
 
 @pytest.fixture
 async def sup(settings: Settings) -> AsyncIterator[Supervisor]:
     async with Supervisor(settings) as running:
         yield running
-
-
-def pool_of(sup: Supervisor) -> TemplatePool:
-    assert sup.templates is not None
-    return sup.templates
-
-
-def job_children(template: TemplateProcess) -> list[psutil.Process]:
-    """The template's children that are jobs: all but the spare it keeps for the next job."""
-    return [
-        child for child in psutil.Process(template.pid).children() if child.pid != template.spare
-    ]
-
-
-def template_of(sup: Supervisor, python: str = BASE) -> TemplateProcess:
-    return pool_of(sup).running[python]
-
-
-async def ok(sup: Supervisor, request: dict[str, Any]) -> Any:
-    response = await sup.run(request)
-    assert response.success, response.error
-    return response.json_result
-
-
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.01)
 
 
 # -- a forked child is isolated, as a spawned one is -----------------------------------------------
@@ -94,84 +62,6 @@ async def test_forked_child_has_its_own_session_and_group(sup: Supervisor) -> No
     assert who["pgid"] == who["sid"] == who["pid"]
     template = psutil.Process(template_of(sup).pid)
     assert who["sid"] != os.getsid(template.pid) and who["sid"] != os.getsid(0)
-
-
-SPARE_SEES = """
-import os
-def main():
-    return {"pid": os.getpid(), "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}
-"""
-
-
-async def test_a_spare_waits_for_the_next_job_and_is_used_once(sup: Supervisor) -> None:
-    template = template_of(sup)
-    spare = template.spare
-    assert spare is not None
-    spare_process = psutil.Process(spare)
-    assert spare_process.ppid() == template.pid
-    await wait_until(lambda: os.getsid(spare) == spare)  # out of the template's session
-    # None of the template's descriptors: stdin, stdout, stderr and the socket it waits on.
-    await wait_until(lambda: len(os.listdir(f"/proc/{spare}/fd")) == 4)
-    first = await ok(sup, function_request(SPARE_SEES))
-    assert first["pid"] == spare  # the job ran in the child forked ahead of it
-    # Its descriptors are the job's own: stdin, stdout, stderr, the channel, and the listing's.
-    assert len(first["fds"]) == 5
-    assert template.spare not in (None, spare)  # a new spare waits for the next job
-    second = await ok(sup, function_request(SPARE_SEES))
-    assert second["pid"] not in (first["pid"], spare)
-
-
-STREAMS = """
-import logging, os, stat, sys
-def main():
-    print("to stdout")
-    print("to stderr", file=sys.stderr)
-    logging.warning("a record")
-    return {
-        "stdout_is_pipe": stat.S_ISFIFO(os.fstat(1).st_mode),
-        "seekable": [sys.stdout.seekable(), sys.stderr.seekable()],
-        "line_buffering": [sys.stdout.line_buffering, sys.stderr.line_buffering],
-        "same_objects": sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__,
-    }
-"""
-
-
-async def test_a_spare_made_its_streams_ahead_and_the_job_output_arrives_through_them(
-    sup: Supervisor,
-) -> None:
-    events, response = await streamed(sup, function_request(STREAMS))
-    assert response.success, response.error
-    assert response.json_result == {
-        "stdout_is_pipe": True,
-        "seekable": [False, False],  # made for a pipe, as the job's own are
-        "line_buffering": [True, True],
-        "same_objects": True,
-    }
-    seen = {(event.stream, event.text.strip()) for event in events}
-    assert {("stdout", "to stdout"), ("stderr", "to stderr"), ("log", "a record")} <= seen
-
-
-async def test_a_spare_that_died_is_replaced_without_failing_a_job(sup: Supervisor) -> None:
-    template = template_of(sup)
-    for _ in range(2):
-        dead = template.spare
-        assert dead is not None
-        os.kill(dead, signal.SIGKILL)
-        await wait_until(lambda dead=dead: not psutil.pid_exists(dead))  # its template reaped it
-        response = await sup.run(function_request(WHO_AM_I))
-        assert response.success, response.error
-        assert response.timings is not None and "retried" not in response.timings
-        assert response.json_result["ppid"] == template.pid != os.getpid()
-        assert response.json_result["pid"] != dead
-
-
-async def test_the_spare_of_a_dead_template_is_reaped(sup: Supervisor) -> None:
-    template = template_of(sup)
-    spare = template.spare
-    assert spare is not None
-    os.kill(template.pid, signal.SIGKILL)
-    await wait_until(lambda: not template.alive)
-    await wait_until(lambda: not psutil.pid_exists(spare))  # it came to us, and we reaped it
 
 
 async def test_forked_child_gets_the_jobs_scrubbed_environment(
