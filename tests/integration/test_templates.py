@@ -351,14 +351,19 @@ def main():
 """
 
 
+def write_preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """Module ``name``, written from ``source``, importable by templates (through PYTHONPATH)."""
+    modules = tmp_path / "preloads"
+    modules.mkdir(exist_ok=True)
+    (modules / f"{name}.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+
+
 @pytest.fixture
 def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny module on PYTHONPATH that records each import (by pid) in a file."""
-    modules = tmp_path / "preloads"
-    modules.mkdir()
-    (modules / "sv_preload_probe.py").write_text(PROBE)
+    write_preload(tmp_path, monkeypatch, "sv_preload_probe", PROBE)
     record = tmp_path / "imports.txt"
-    monkeypatch.setenv("PYTHONPATH", str(modules))
     monkeypatch.setenv("PRELOAD_RECORD", str(record))
     return record
 
@@ -449,10 +454,7 @@ async def test_template_tells_whether_a_job_left_anything_behind(tmp_path: Path)
 async def test_a_preload_that_kills_the_template_costs_jobs_a_fresh_start_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    modules = tmp_path / "preloads"
-    modules.mkdir()
-    (modules / "sv_fatal_preload.py").write_text("import os\nos._exit(3)\n")
-    monkeypatch.setenv("PYTHONPATH", str(modules))
+    write_preload(tmp_path, monkeypatch, "sv_fatal_preload", "import os\nos._exit(3)\n")
     settings = make_settings(tmp_path / "home", preload=["sv_fatal_preload"])
     async with Supervisor(settings) as sup:  # starts, though its base template could not
         pool = pool_of(sup)
@@ -471,10 +473,9 @@ async def test_a_preload_that_kills_the_template_costs_jobs_a_fresh_start_only(
 async def test_a_variable_a_preload_set_in_the_template_is_not_in_the_jobs_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    modules = tmp_path / "preloads"
-    modules.mkdir()
-    (modules / "sv_env_preload.py").write_text("import os\nos.environ['SET_BY_PRELOAD'] = '1'\n")
-    monkeypatch.setenv("PYTHONPATH", str(modules))
+    write_preload(
+        tmp_path, monkeypatch, "sv_env_preload", "import os\nos.environ['SET_BY_PRELOAD'] = '1'\n"
+    )
     settings = make_settings(tmp_path / "home", preload=["sv_env_preload"])
     code = "import os, sys\ndef main():\n    return [os.environ.get('SET_BY_PRELOAD'), 'sv_env_preload' in sys.modules]\n"
     async with Supervisor(settings) as sup:
@@ -497,10 +498,8 @@ async def test_a_preload_shared_with_every_job_does_not_count_in_full_against_ea
 ) -> None:
     """A template that preloads 300 MB, jobs limited to 256 MB: the shared pages are counted in
     proportion (RSS alone would put every job over the limit), the job's own memory in full."""
-    modules = tmp_path / "preloads"
-    modules.mkdir()
-    (modules / "sv_ballast.py").write_text(f"BALLAST = bytearray({BALLAST_MB} * 1024 * 1024)\n")
-    monkeypatch.setenv("PYTHONPATH", str(modules))
+    ballast = f"BALLAST = bytearray({BALLAST_MB} * 1024 * 1024)\n"
+    write_preload(tmp_path, monkeypatch, "sv_ballast", ballast)
     settings = make_settings(
         tmp_path / "home", preload=["sv_ballast"], watch_interval_s=0.05, memory_mb=4096
     )

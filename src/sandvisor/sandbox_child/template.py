@@ -183,15 +183,15 @@ class Template:
 
     def fork_spare(self) -> None:
         """Fork the spare the next job will get, unless there is one; the supervisor hears of it."""
-        if self.spare is None:
-            self.spare = self._new_spare()
-            if self.spare is not None:
-                self.send({"t": "spare", "pid": self.spare.pid})
+        if self.ensure_spare() and self.spare is not None:
+            self.send({"t": "spare", "pid": self.spare.pid})
 
-    def first_spare(self) -> int | None:
-        """Fork the first spare (before ``ready``, which names it); its pid."""
-        self.spare = self.spare or self._new_spare()
-        return self.spare.pid if self.spare is not None else None
+    def ensure_spare(self) -> bool:
+        """Fork a spare unless there is one; whether it forked one now."""
+        if self.spare is not None:
+            return False
+        self.spare = self._new_spare()
+        return self.spare is not None
 
     def _new_spare(self) -> Spare | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -265,7 +265,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     template = Template(control)
     logs.prepare()
     freeze_heap()
-    spare = template.first_spare()  # after the freeze: the spare shares the frozen heap
+    template.ensure_spare()  # after the freeze, so it shares the frozen heap; ``ready`` names it
     template.send(
         {
             "t": "ready",
@@ -276,7 +276,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
             "cuda_initialized": cuda_initialized(),
             # What every child starts with: jobs are sent only how theirs differs from it.
             "environ": dict(os.environ),
-            "spare": spare,
+            "spare": template.spare.pid if template.spare is not None else None,
         }
     )
     try:

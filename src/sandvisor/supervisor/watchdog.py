@@ -29,7 +29,7 @@ _CPU_SLACK_S = 1.0
 
 GpuMemoryReader = Callable[[], dict[int, int]]
 #: Proportional set size of some processes, or None when the kernel does not say.
-ProportionalReader = Callable[[Iterable[int]], "int | None"]
+ProportionalReader = Callable[[Iterable[int]], int | None]
 
 
 @dataclass(frozen=True)
