@@ -35,6 +35,8 @@ async def test_a_spare_waits_for_the_next_job_and_is_used_once(sup: Supervisor) 
     spare_process = psutil.Process(spare)
     assert spare_process.ppid() == template.pid
     await wait_until(lambda: os.getsid(spare) == spare)  # out of the template's session
+    # Named, so that one its template forked but never announced is still found when it dies.
+    await wait_until(lambda: spare_process.name() == "sv-spare")
     # None of the template's descriptors: stdin, stdout, stderr and the socket it waits on.
     await wait_until(lambda: len(os.listdir(f"/proc/{spare}/fd")) == 4)
     first = await ok(sup, function_request(SPARE_SEES))

@@ -38,6 +38,7 @@ from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import (
     become_subreaper,
     close_other_fds,
+    name_process,
     own_session,
     reset_signals,
 )
@@ -45,6 +46,8 @@ from sandvisor.sandbox_child.runner import prepare_streams, run_job
 
 COMMAND_FORK = b"F"
 COMMAND_PING = b"P"
+#: A spare's process name until its job names it: found by it when its template died unannounced.
+SPARE_NAME = "sv-spare"
 #: What the template sends a spare, with a job's three descriptors attached.
 ASSIGN_JOB = b"J"
 
@@ -93,6 +96,7 @@ def wait_as_spare(sock: socket.socket) -> None:
     try:
         reset_signals()
         own_session()
+        name_process(SPARE_NAME)
         # The job collects its own garbage as a fresh interpreter would; what the template froze
         # stays out of its collections, so they never touch (and copy) the template's pages.
         gc.enable()

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
-from sandvisor.sandbox_child.template import COMMAND_FORK
+from sandvisor.sandbox_child.template import COMMAND_FORK, SPARE_NAME
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
-from sandvisor.supervisor.proctree import JOB_ENV_VAR, read_proc
+from sandvisor.supervisor.proctree import JOB_ENV_VAR, read_proc, scan
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class TemplateProcess:
         self._exits: dict[int, asyncio.Future[ExitInfo | None]] = {}
         #: The child the template forked for the next job (see sandbox_child/template.py).
         self.spare: int | None = None
+        self._orphans: set[int] = set()  # its children when it died: ours to reap
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -229,21 +230,27 @@ class TemplateProcess:
     async def _watch_exit(self) -> None:
         exit_info = await wait_for_exit(self.pid)
         self._lost(exit_info.describe() if exit_info is not None else "it ended")
-        await self._reap_spare()
+        await self._reap_orphans()
 
-    async def _reap_spare(self) -> None:
-        """The dead template's spare came to us (we are a subreaper): end it and reap it.
+    async def _reap_orphans(self) -> None:
+        """The dead template's children came to us (we are a subreaper): end and reap them.
 
-        It would leave by itself (its socket to the template is closed), but only its parent
-        can reap it, and that is now us.
+        They are its jobs in flight and its spare, which the supervisor knows of, and a spare it
+        forked but never announced, found by its name. They would end by themselves or be
+        killed by their jobs, but only a parent can reap them, and that is now us.
         """
-        spare, self.spare = self.spare, None
-        found = read_proc(spare) if spare is not None else None
-        if found is None or found.ppid != os.getpid():
-            return  # reaped by the template before it died, or adopted by another process
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(found.pid, signal.SIGKILL)
-        await wait_for_exit(found.pid)
+        me = os.getpid()
+        unannounced = {
+            info.pid for info in scan().values() if info.ppid == me and info.comm == SPARE_NAME
+        }
+        orphans, self._orphans = self._orphans | unannounced, set()
+        for pid in orphans:
+            found = read_proc(pid)
+            if found is None or found.ppid != me:
+                continue  # reaped by the template before it died, or adopted elsewhere
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await wait_for_exit(pid)
 
     def _lost(self, reason: str) -> None:
         """The template is gone: every waiter learns it now rather than hanging."""
@@ -258,6 +265,10 @@ class TemplateProcess:
             if not waiter.done():
                 waiter.set_exception(TemplateLost(f"template died while the job ran: {reason}"))
                 waiter.exception()  # a job already gone may never await it; no warning then
+        self._orphans.update(self._exits)
+        if self.spare is not None:
+            self._orphans.add(self.spare)
+            self.spare = None
         self._exits.clear()
 
     def strays(self) -> list[int] | None:
