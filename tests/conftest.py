@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from tests.helpers import make_settings
-from tests.wheelhouse import make_wheelhouse
+from tests.wheelhouse import UV_SOURCE_VARS, make_wheelhouse, uv_sources
 
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.settings import Settings
@@ -53,8 +53,25 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def offline_index(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Dependency installs come from the wheelhouse only (the store reads our UV_* variables)."""
-    monkeypatch.setenv("UV_FIND_LINKS", str(wheelhouse))
-    monkeypatch.setenv("UV_NO_INDEX", "1")
+def offline_uv(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path | str], None]:
+    """``offline_uv(source)``: for the rest of the test, uv installs come from ``source`` alone.
+
+    ``source`` is a wheelhouse directory (uv's network off) or a local index URL. The store
+    passes our ``UV_*`` variables to uv, so setting them here reaches every build of the test.
+    This is the one place tests say where packages come from (see ``tests.wheelhouse``).
+    """
+
+    def use(source: Path | str) -> None:
+        for name in UV_SOURCE_VARS:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in uv_sources(source).items():
+            monkeypatch.setenv(name, value)
+
+    return use
+
+
+@pytest.fixture
+def offline_index(wheelhouse: Path, offline_uv: Callable[[Path | str], None]) -> Path:
+    """Dependency installs come from the shared wheelhouse only."""
+    offline_uv(wheelhouse)
     return wheelhouse

@@ -1,9 +1,11 @@
-"""Tiny pure-Python wheels built offline, for tests that install with ``--no-index --find-links``.
+"""Tiny pure-Python wheels built offline, and the uv variables that make installs use them alone.
 
 ``build_wheel(dir, "tinypkg", "1.0")`` writes ``tinypkg-1.0-py3-none-any.whl``: one module
 ``tinypkg`` whose ``__version__`` is the version, so a test can check which copy it imported.
 ``make_wheelhouse(dir)`` writes the set the env tests use (the ``wheelhouse`` fixture).
 ``repack_installed(dir, "cloudpickle")`` wheels an installed pure-Python distribution as it is.
+``uv_sources(source)`` is what makes uv install from a wheelhouse (or a local index) and nothing
+else; the ``offline_uv`` fixture applies it to a test.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import base64
 import hashlib
 import importlib.metadata
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -88,3 +90,34 @@ def make_wheelhouse(directory: Path) -> Path:
 def _digest(data: bytes) -> str:
     raw = hashlib.sha256(data).digest()
     return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+#: uv's variables that say where packages come from; a test sets or clears all of them at once,
+#: so the developer's own settings never decide whether a test reaches the public index.
+UV_SOURCE_VARS = (
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_OFFLINE",
+)
+
+
+def uv_sources(source: Path | str) -> dict[str, str]:
+    """The uv variables under which installs come from ``source`` alone.
+
+    ``source``: a wheelhouse directory, read with uv's network off (``UV_OFFLINE``: any request
+    fails at once), or the URL of a package index served on this machine, which then is the only
+    index uv asks. Returns the variables to set; every other name in :data:`UV_SOURCE_VARS` must
+    be unset (:func:`with_uv_sources` does both for a whole environment).
+    """
+    if isinstance(source, Path):
+        return {"UV_FIND_LINKS": str(source), "UV_OFFLINE": "1"}
+    return {"UV_DEFAULT_INDEX": source}
+
+
+def with_uv_sources(environ: Mapping[str, str], source: Path | str) -> dict[str, str]:
+    """``environ`` with its uv source variables replaced by :func:`uv_sources` of ``source``."""
+    kept = {key: value for key, value in environ.items() if key not in UV_SOURCE_VARS}
+    return {**kept, **uv_sources(source)}

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
+from tests.wheelhouse import uv_sources
 
 SANDVISOR = str(Path(sys.executable).with_name("sandvisor"))
 STOP_TIMEOUT_S = 20.0
@@ -65,8 +66,7 @@ def serve_env(home: Path, wheelhouse: Path | None = None, **extra: str) -> dict[
         }
     )
     if wheelhouse is not None:
-        # Installs come from a local wheelhouse only: no network in these tests.
-        env.update({"UV_FIND_LINKS": str(wheelhouse), "UV_NO_INDEX": "1", "UV_OFFLINE": "1"})
+        env.update(uv_sources(wheelhouse))  # installs from the wheelhouse alone, network off
     env.update(extra)
     return env
 

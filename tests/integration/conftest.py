@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,10 +10,11 @@ from tests.integration.envs_helpers import StallingIndex
 
 
 @pytest.fixture
-def stalling(wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StallingIndex]:
+def stalling(
+    wheelhouse: Path, offline_uv: Callable[[Path | str], None]
+) -> Iterator[StallingIndex]:
     """An index that holds back its wheel until released: a build that can be caught midway."""
     index = StallingIndex(wheelhouse)
     with index.running():
-        monkeypatch.setenv("UV_FIND_LINKS", index.url)
-        monkeypatch.setenv("UV_NO_INDEX", "1")
+        offline_uv(index.url)
         yield index

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from tests.helpers import make_settings
 from tests.integration.envs_helpers import StallingIndex, run_in
+from tests.wheelhouse import UV_SOURCE_VARS, with_uv_sources
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.cli import main as cli_main
@@ -177,7 +178,7 @@ async def test_processes_sharing_a_store_build_once(
 ) -> None:
     index = StallingIndex(wheelhouse, delay_s=0.5)  # widens the window in which all contend
     with index.running():
-        env = dict(os.environ, UV_FIND_LINKS=index.url, UV_NO_INDEX="1")
+        env = with_uv_sources(os.environ, index.url)
         start = tmp_path / "start"
         procs = [
             subprocess.Popen(
@@ -339,8 +340,8 @@ async def test_envs_cli_list_gc_rm(
 async def test_real_package_from_the_registry(
     store: EnvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("UV_NO_INDEX", raising=False)
-    monkeypatch.delenv("UV_FIND_LINKS", raising=False)
+    for name in UV_SOURCE_VARS:
+        monkeypatch.delenv(name, raising=False)
     with await store.acquire(["six==1.16.0"], print) as lease:
         assert run_in(lease.python, "import six; print(six.__version__, six.__file__)").startswith(
             f"1.16.0 {store.root / str(lease.key)}"

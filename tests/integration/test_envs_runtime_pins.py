@@ -7,7 +7,7 @@ is, and ``tinyold``: 2.0 caps cloudpickle below 3 (what a stale library does), 1
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -44,9 +44,8 @@ def runtime_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def runtime_index(runtime_wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("UV_FIND_LINKS", str(runtime_wheelhouse))
-    monkeypatch.setenv("UV_NO_INDEX", "1")
+def runtime_index(runtime_wheelhouse: Path, offline_uv: Callable[[Path | str], None]) -> Path:
+    offline_uv(runtime_wheelhouse)
     return runtime_wheelhouse
 
 
