@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +85,13 @@ async def test_a_supervisor_that_cannot_start_fails_each_job_clearly(
         broken.close()
     assert output["success"] is False
     assert output["error"].startswith("lost: the supervisor failed to start:")
+
+
+def test_importing_the_handler_does_not_import_runpod() -> None:
+    # runpod takes seconds to import: only `sandvisor serve` may pay for it.
+    code = (
+        "import sys, sandvisor.supervisor.runpod, sandvisor.supervisor.cli as c; c.build_parser()"
+    )
+    code += "; print('runpod' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

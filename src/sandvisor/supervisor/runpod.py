@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
@@ -52,6 +52,14 @@ START_TIMEOUT_S = 600.0
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 LogSink = Callable[[dict[str, Any]], None]
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+#: ``call_later(delay_s, callback) -> handle``: asyncio's ``loop.call_later`` shape.
+Scheduler = Callable[[float, Callable[[], None]], Cancellable]
 Ended = concurrent.futures.Future[None]
 
 
@@ -181,17 +189,29 @@ class LogBatcher:
     """Collects a job's log events and hands them on at most once per interval.
 
     Runs on the supervisor's loop. A batch is capped at MAX_PROGRESS_BYTES of text; what does
-    not fit is counted, not sent (the final stdout has everything).
+    not fit is counted, not sent (the final stdout has everything). The first event after a
+    quiet interval goes out at once; later ones wait until ``interval_s`` (seconds) has passed
+    since the last batch. ``clock`` (monotonic seconds) and ``call_later`` are the time it
+    reads and the timer it sets: the running loop's by default, a test's own when given.
     """
 
-    def __init__(self, interval_s: float, sink: LogSink) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        sink: LogSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        call_later: Scheduler | None = None,
+    ) -> None:
         self._interval = interval_s
         self._sink = sink
+        self._clock = clock
+        self._call_later = call_later
         self._records: list[dict[str, Any]] = []
         self._bytes = 0
         self._left_out = 0
-        self._last = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._last: float | None = None  # when the last batch went out; None: none yet
+        self._timer: Cancellable | None = None
 
     def add(self, event: LogEvent) -> None:
         size = len(event.text.encode("utf-8", "replace"))
@@ -201,8 +221,10 @@ class LogBatcher:
             self._records.append(event_record(event))
             self._bytes += size
         if self._timer is None:
-            delay = max(0.0, self._last + self._interval - time.monotonic())
-            self._timer = asyncio.get_running_loop().call_later(delay, self.flush)
+            due = self._clock() if self._last is None else self._last + self._interval
+            delay = max(0.0, due - self._clock())
+            call_later = self._call_later or asyncio.get_running_loop().call_later
+            self._timer = call_later(delay, self.flush)
 
     def flush(self) -> None:
         self._timer = None
@@ -212,7 +234,7 @@ class LogBatcher:
         if self._left_out:
             payload["logs_left_out_bytes"] = self._left_out
         self._records, self._bytes, self._left_out = [], 0, 0
-        self._last = time.monotonic()
+        self._last = self._clock()
         try:
             self._sink(payload)
         except Exception:  # a lost progress update must never fail the job
