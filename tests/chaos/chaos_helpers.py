@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psutil
 from tests.helpers import function_request
 
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.proctree import JOB_ENV_VAR, job_comm
+
+T = TypeVar("T")
 
 HELLO = function_request("def main(name):\n    return f'hello {name}'\n", args=["again"])
 
@@ -47,9 +51,13 @@ def zombies_of_ours() -> list[psutil.Process]:
     return found
 
 
-def eventually(check, timeout: float = 2.0):  # type: ignore[no-untyped-def]
-    """The check's last value once it is falsy, or after ``timeout`` (for a clear assert)."""
-    deadline = time.monotonic() + timeout
+def settled(check: Callable[[], T], within_s: float = 2.0) -> T:
+    """``check()``'s value once it is falsy (all settled), else its last value after ``within_s``.
+
+    The opposite sense of ``tests.helpers.eventually`` (which waits for a truthy condition): here
+    the check lists what is still left over, and the value is there for the assert's message.
+    """
+    deadline = time.monotonic() + within_s
     while True:
         value = check()
         if not value or time.monotonic() > deadline:
@@ -72,10 +80,10 @@ async def assert_clean(sup: Supervisor, job_id: str, baseline: Baseline) -> None
     """No process of the job, no zombie, fds/threads/children back to baseline, next job runs."""
     # No wait: when run() has answered, the job's processes must already be gone.
     assert [p.pid for p in job_processes(job_id) if _alive(p)] == []
-    assert eventually(lambda: [p.pid for p in job_processes(job_id)]) == []
-    assert eventually(zombies_of_ours) == []
-    assert eventually(lambda: own_fds() > baseline.fds) is False, (own_fds(), baseline.fds)
-    assert eventually(lambda: own_threads() > baseline.threads) is False
+    assert settled(lambda: [p.pid for p in job_processes(job_id)]) == []
+    assert settled(zombies_of_ours) == []
+    assert settled(lambda: own_fds() > baseline.fds) is False, (own_fds(), baseline.fds)
+    assert settled(lambda: own_threads() > baseline.threads) is False
     children = len(psutil.Process().children())
     assert children <= baseline.children, (children, baseline.children)
     response = await sup.run(HELLO)

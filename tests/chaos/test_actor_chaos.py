@@ -42,10 +42,11 @@ class Rogue:
     def leave(self, code):
         sys.exit(code)
 
-    def chatter_later(self):
+    def chatter_later(self, flag):
         def talk():
             time.sleep(0.2)
             print("said between calls", flush=True)
+            open(flag, "w").close()
 
         threading.Thread(target=talk, daemon=True).start()
         return "ok"
@@ -136,10 +137,11 @@ async def test_sys_exit_in_a_method_ends_only_that_instance(sup: Supervisor):
     assert plain.json_result == 1
 
 
-async def test_output_between_calls_goes_to_the_next_call(sup: Supervisor):
-    first = ok(await sup.run(rogue("chatter_later")))
+async def test_output_between_calls_goes_to_the_next_call(sup: Supervisor, tmp_path: Path):
+    flag = tmp_path / "said"
+    first = ok(await sup.run(rogue("chatter_later", str(flag))))
     assert "said between calls" not in first.stdout
-    await asyncio.sleep(0.5)
+    assert await eventually(flag.exists)
     second = ok(await sup.run(again(first.instance_id, "ping")))
     assert "said between calls" in second.stdout
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.chaos.chaos_helpers import HELLO, eventually, zombies_of_ours
+from tests.chaos.chaos_helpers import HELLO, settled, zombies_of_ours
 from tests.helpers import make_settings
 
 from sandvisor.protocol.codec import encode_value
@@ -152,4 +152,4 @@ def test_every_request_gets_an_answer(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(sup.__aexit__(None, None, None))
         loop.close()
-    assert eventually(zombies_of_ours) == []
+    assert settled(zombies_of_ours) == []

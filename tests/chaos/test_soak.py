@@ -15,9 +15,9 @@ import pytest
 from tests.chaos.chaos_helpers import (
     HELLO,
     Baseline,
-    eventually,
     own_fds,
     own_threads,
+    settled,
     zombies_of_ours,
 )
 from tests.helpers import function_request, make_settings
@@ -70,11 +70,11 @@ async def test_soak_sequential_then_at_once(tmp_path: Path) -> None:
 
 
 def _assert_baseline(baseline: Baseline) -> None:
-    assert eventually(zombies_of_ours) == []
-    assert eventually(lambda: own_fds() > baseline.fds) is False, (own_fds(), baseline.fds)
-    assert eventually(lambda: own_threads() > baseline.threads) is False, (
+    assert settled(zombies_of_ours) == []
+    assert settled(lambda: own_fds() > baseline.fds) is False, (own_fds(), baseline.fds)
+    assert settled(lambda: own_threads() > baseline.threads) is False, (
         own_threads(),
         baseline.threads,
     )
-    children = eventually(lambda: len(psutil.Process().children()) > baseline.children)
+    children = settled(lambda: len(psutil.Process().children()) > baseline.children)
     assert children is False, psutil.Process().children()

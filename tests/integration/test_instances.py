@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from sandvisor.supervisor.core import Supervisor
 
 COUNTER = """
 import asyncio
+import os
 import sys
 import time
 
@@ -65,6 +65,22 @@ class Counter:
     def sleep(self, seconds):
         time.sleep(seconds)
         return seconds
+
+    def hold(self, started, release):
+        # Says it runs (a file), then waits for the test to release it: no guessing how long.
+        open(started, "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.path.exists(release)
+
+    def meet(self, mine, other):
+        # True only if the other call runs at the same time as this one.
+        open(mine, "w").close()
+        deadline = time.monotonic() + 10
+        while not os.path.exists(other) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.path.exists(other)
 
     def hog(self, megabytes):
         self.blob = b"x" * (megabytes * 1024 * 1024)
@@ -259,10 +275,13 @@ async def test_the_actor_s_memory_limit(small: Supervisor):
     assert hog.instance_info["alive"] is False
 
 
-async def test_cancel_stops_the_call_and_the_instance(small: Supervisor):
+async def test_cancel_stops_the_call_and_the_instance(small: Supervisor, tmp_path: Path):
     first = ok(await small.run(counter("add", 1)))
-    call = asyncio.ensure_future(small.run(again(first.instance_id, "sleep", 30), job_id="j1"))
-    await asyncio.sleep(0.3)
+    started, release = tmp_path / "started", tmp_path / "release"
+    call = asyncio.ensure_future(
+        small.run(again(first.instance_id, "hold", str(started), str(release)), job_id="j1")
+    )
+    assert await eventually(started.exists, within_s=30)
     assert await small.cancel("j1")
     response = await call
     assert response.error_type == ErrorType.CANCELLED
@@ -303,8 +322,7 @@ async def test_a_hundred_instances_come_and_go_without_leftovers(small: Supervis
         assert await eventually(lambda pid=pid: process_gone(pid))
     assert all(not process_gone(pid) for pid in pids[-2:])
     jobs_dir = small.settings.jobs_dir
-    await asyncio.sleep(0.2)
-    assert len(os.listdir(jobs_dir)) <= 2  # the live actors' working dirs only
+    assert await eventually(lambda: len(os.listdir(jobs_dir)) <= 2)  # the live actors' dirs only
 
 
 # -- order and parallelism --------------------------------------------------------------------
@@ -318,27 +336,32 @@ async def test_concurrent_calls_to_one_instance_run_in_arrival_order(small: Supe
     assert [ok(r).json_result for r in responses] == [list(range(i + 1)) for i in range(8)]
 
 
-async def test_different_instances_run_in_parallel(small: Supervisor):
+async def test_different_instances_run_in_parallel(small: Supervisor, tmp_path: Path):
     a = ok(await small.run(counter("add", 1)))
     b = ok(await small.run(counter("add", 1)))
-    started = time.monotonic()
+    flag_a, flag_b = str(tmp_path / "a"), str(tmp_path / "b")
     both = await asyncio.gather(
-        small.run(again(a.instance_id, "sleep", 1.0)), small.run(again(b.instance_id, "sleep", 1.0))
+        small.run(again(a.instance_id, "meet", flag_a, flag_b)),
+        small.run(again(b.instance_id, "meet", flag_b, flag_a)),
     )
-    assert all(r.success for r in both)
-    assert time.monotonic() - started < 1.8
+    assert [ok(r).json_result for r in both] == [True, True]  # each saw the other running
 
 
-async def test_a_call_cancelled_while_queued_leaves_the_instance_alone(small: Supervisor):
+async def test_a_call_cancelled_while_queued_leaves_the_instance_alone(
+    small: Supervisor, tmp_path: Path
+):
     first = ok(await small.run(counter("add", 1)))
-    running = asyncio.ensure_future(small.run(again(first.instance_id, "sleep", 0.5)))
-    await asyncio.sleep(0.1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold = again(first.instance_id, "hold", str(started), str(release))
+    running = asyncio.ensure_future(small.run(hold))
+    assert await eventually(started.exists, within_s=30)
     queued = asyncio.ensure_future(small.run(again(first.instance_id, "add", 1), job_id="q1"))
-    await asyncio.sleep(0.05)
+    assert await eventually(lambda: "q1" in small.running_jobs)
     assert await small.cancel("q1")
     cancelled = await queued
     assert cancelled.error_type == ErrorType.CANCELLED and not running.done()
-    assert ok(await running).json_result == 0.5
+    release.touch()
+    assert ok(await running).json_result is True
     state = ok(await small.run(again(first.instance_id, "get_state")))
     assert (
         state.json_result["value"] == 1 and state.instance_info["pid"] == first.instance_info["pid"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import function_request, make_settings
+from tests.helpers import eventually, function_request, make_settings
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.core import Supervisor
@@ -59,14 +58,14 @@ async def test_jobs_wait_while_every_gpu_is_held(tmp_path: Path) -> None:
 
 async def test_a_job_waiting_for_a_gpu_can_be_cancelled(tmp_path: Path) -> None:
     async with Supervisor(make_settings(tmp_path / "home", gpus="0")) as sup:
-        holder = asyncio.ensure_future(sup.run(function_request(SEES, args=[1.0])))
-        await asyncio.sleep(0.2)
+        holder = asyncio.ensure_future(sup.run(function_request(SEES, args=[2.0])))
+        assert await eventually(lambda: sup.gpus.free == 0)
         waiter = asyncio.ensure_future(sup.run(function_request(SEES), job_id="waiting"))
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
+        assert await eventually(lambda: sup.gpus.waiting == 1)
         assert await sup.cancel("waiting")
         response = await waiter
         assert response.error_type is ErrorType.CANCELLED
-        assert time.monotonic() - started < 0.5
+        assert not holder.done()  # the cancel did not wait for the GPU to come free
         assert (await holder).success
+        assert sup.gpus.waiting == 0
         assert sup.gpus.free == 1 and sup.gpus.waiting == 0

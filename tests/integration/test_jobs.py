@@ -13,7 +13,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
-from tests.helpers import EXAMPLES, function_request, make_settings, streamed
+from tests.helpers import EXAMPLES, eventually, function_request, make_settings, streamed
 
 from sandvisor.protocol.codec import encode_value
 from sandvisor.protocol.models import ErrorType, FunctionResponse
@@ -146,12 +146,12 @@ async def test_leaving_a_stream_early_cancels_the_job(sup: Supervisor):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-async def test_cancel_by_job_id(sup: Supervisor):
-    code = "import time\ndef main():\n    print('working', flush=True)\n    time.sleep(60)\n"
-    task = asyncio.ensure_future(sup.run(function_request(code), job_id="job-to-cancel"))
-    while "job-to-cancel" not in sup.running_jobs:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.3)
+async def test_cancel_by_job_id(sup: Supervisor, tmp_path: Path):
+    flag = tmp_path / "working"
+    code = "import time\ndef main(flag):\n    print('working', flush=True)\n    open(flag, 'w').close()\n    time.sleep(60)\n"
+    request = function_request(code, args=[str(flag)])
+    task = asyncio.ensure_future(sup.run(request, job_id="job-to-cancel"))
+    assert await eventually(flag.exists, within_s=30)
     assert await sup.cancel("job-to-cancel")
     response = await asyncio.wait_for(task, 10)
     assert response.error_type == ErrorType.CANCELLED
