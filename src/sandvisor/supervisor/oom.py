@@ -12,33 +12,40 @@ import os
 from pathlib import Path
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def _cgroup_files(v2_name: str, v1_name: str) -> list[Path]:
+def _cgroup_files(
+    v2_name: str, v1_name: str, proc_cgroup: Path = _PROC_CGROUP, root: Path = _CGROUP_ROOT
+) -> list[Path]:
+    """Where our cgroup's file of that name may be, most specific first.
+
+    ``proc_cgroup``: the ``/proc/<pid>/cgroup`` to read; ``root``: where cgroups are mounted.
+    """
     files = []
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
         if controllers == "":  # v2: one unified hierarchy
-            files.append(_CGROUP_ROOT / relative / v2_name)
+            files.append(root / relative / v2_name)
         elif "memory" in controllers.split(","):
-            files.append(_CGROUP_ROOT / "memory" / relative / v1_name)
+            files.append(root / "memory" / relative / v1_name)
     # Inside a cgroup namespace the path above may not be mounted; the mount root is ours then.
-    files += [_CGROUP_ROOT / v2_name, _CGROUP_ROOT / "memory" / v1_name]
+    files += [root / v2_name, root / "memory" / v1_name]
     return files
 
 
-def cgroup_memory_limit() -> int | None:
+def cgroup_memory_limit(proc_cgroup: Path = _PROC_CGROUP, root: Path = _CGROUP_ROOT) -> int | None:
     """Bytes our memory cgroup may use, or None when unlimited or unknown.
 
     In a container this is often far below the host's RAM that psutil reports, and it is the
-    limit at which the kernel's OOM killer acts.
+    limit at which the kernel's OOM killer acts. The arguments are as for :func:`_cgroup_files`.
     """
-    for path in _cgroup_files("memory.max", "memory.limit_in_bytes"):
+    for path in _cgroup_files("memory.max", "memory.limit_in_bytes", proc_cgroup, root):
         try:
             text = path.read_text().strip()
         except OSError:
@@ -66,6 +73,12 @@ def _read_oom_kill(path: Path) -> int | None:
     return None
 
 
+def oom_kill_source(proc_cgroup: Path = _PROC_CGROUP, root: Path = _CGROUP_ROOT) -> Path | None:
+    """The file that counts our cgroup's OOM kills, or None where no file says."""
+    files = _cgroup_files("memory.events", "memory.oom_control", proc_cgroup, root)
+    return next((f for f in files if _read_oom_kill(f) is not None), None)
+
+
 _source: Path | None = None
 _searched = False
 
@@ -73,14 +86,7 @@ _searched = False
 def oom_kill_count() -> int | None:
     """OOM kills so far in the supervisor's memory cgroup, or None where the kernel does not say."""
     global _source, _searched
-    if not _searched:
+    if not _searched:  # found once: the cgroup of a process does not move under it
         _searched = True
-        _source = next(
-            (
-                f
-                for f in _cgroup_files("memory.events", "memory.oom_control")
-                if _read_oom_kill(f) is not None
-            ),
-            None,
-        )
+        _source = oom_kill_source()
     return None if _source is None else _read_oom_kill(_source)

@@ -47,9 +47,12 @@ def default_home() -> Path:
 def default_memory_mb() -> int:
     """Three quarters of the machine's RAM, or of the container's memory limit when lower: our
     watchdog acts well before the kernel's OOM killer."""
-    total = psutil.virtual_memory().total
-    limit = cgroup_memory_limit()
-    return int(min(total, limit or total) * 0.75 // (1024 * 1024))
+    return memory_mb_within(psutil.virtual_memory().total, cgroup_memory_limit())
+
+
+def memory_mb_within(total_bytes: int, limit_bytes: int | None) -> int:
+    """MiB a job may use by default: three quarters of RAM, or of the cgroup's limit if lower."""
+    return int(min(total_bytes, limit_bytes or total_bytes) * 0.75 // (1024 * 1024))
 
 
 class Settings(BaseModel):
