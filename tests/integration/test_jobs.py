@@ -218,17 +218,17 @@ async def test_every_exit_is_classified(sup: Supervisor, code, error_type, first
         ),
         (
             function_request("def main(:\n"),
-            "syntax error in function_code at line 1: invalid syntax",
+            "invalid request: syntax error in function_code at line 1: invalid syntax",
         ),
         (
             function_request("def other(): pass\n"),
-            "function_name 'main' is not defined by function_code (it defines: other)",
+            "invalid request: function_name 'main' is not defined by function_code (it defines: other)",
         ),
         (
             function_request(
                 "def main(x): return x", args=["%%%"], serialization_format="cloudpickle"
             ),
-            "cannot decode args[0]: invalid base64",
+            "invalid request: cannot decode args[0]: invalid base64",
         ),
         (
             function_request(
@@ -236,19 +236,19 @@ async def test_every_exit_is_classified(sup: Supervisor, code, error_type, first
                 args=[base64.b64encode(b"junk").decode()],
                 serialization_format="cloudpickle",
             ),
-            "cannot decode args[0]: cannot unpickle",
+            "invalid request: cannot decode args[0]: cannot unpickle",
         ),
         (
             function_request("def main(): pass", modules={"/etc/x.py": ""}),
-            "modules key '/etc/x.py' is absolute",
+            "invalid request: modules key '/etc/x.py' is absolute",
         ),
         (
             function_request("def main(): pass", modules={"a/../../x.py": ""}),
-            "modules key 'a/../../x.py' has '..'",
+            "invalid request: modules key 'a/../../x.py' has '..'",
         ),
         (
             function_request("def main(): pass", modules={"data.txt": ""}),
-            "modules key 'data.txt' is not a .py file",
+            "invalid request: modules key 'data.txt' is not a .py file",
         ),
         (
             function_request("def main(): pass", limits={"timeout_s": 10**9}),
@@ -262,7 +262,7 @@ async def test_every_exit_is_classified(sup: Supervisor, code, error_type, first
                 "method_name": "nope",
                 "serialization_format": "json",
             },
-            "method_name 'nope' is not a method of class 'C'",
+            "invalid request: method_name 'nope' is not a method of class 'C'",
         ),
     ],
     ids=[

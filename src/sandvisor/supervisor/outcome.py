@@ -3,6 +3,11 @@
 The child's own ``result``/``error`` frame wins when there is one. Otherwise the exit tells what
 happened, and the message says it as a person would want it: which signal, which exit code,
 whether a result was ever sent, and after how long.
+
+``exit_code`` and ``signal`` describe a process that ended without answering: it exited, died of
+a signal, or was stopped by us. A job that answered (a result, or an error frame for an exception
+or an invalid request) ended because it was done, so its exit says nothing about the job and is
+left out; a ``0`` next to a failure would read as a contradiction.
 """
 
 from __future__ import annotations
@@ -47,9 +52,20 @@ class Report:
     oom_kills: int = 0  # kernel OOM kills counted in our cgroup while the job ran
 
 
+#: First words of every invalid request's error, wherever it was found (parse, limits, env, child).
+INVALID_REQUEST_PREFIX = "invalid request: "
+
+
 def failure(
     error_type: ErrorType, summary: str, detail: str = "", **extra: Any
 ) -> FunctionResponse:
+    """A failed job's response: the one-line ``summary``, then ``detail``.
+
+    The one place an invalid request's first line gets its prefix: the supervisor's checks and
+    the child's (a missing function, a bad ``modules`` key) hand over the reason alone.
+    """
+    if error_type is ErrorType.INVALID_REQUEST and not summary.startswith(INVALID_REQUEST_PREFIX):
+        summary = INVALID_REQUEST_PREFIX + summary
     error = f"{summary}\n\n{detail.rstrip()}" if detail.strip() else summary
     return FunctionResponse(success=False, error=error, error_type=error_type, **extra)
 
@@ -92,9 +108,8 @@ def _from_error_frame(report: Report) -> FunctionResponse:
             f" address-space limit (set from the {format_bytes(limits.memory_bytes)} memory"
             f" limit); {summary}"
         )
-    return failure(
-        error_type, summary, str(report.error.get("detail") or ""), **exit_fields(report.exit)
-    )
+    # It answered, then left as answering jobs do: how it exited is not part of the outcome.
+    return failure(error_type, summary, str(report.error.get("detail") or ""))
 
 
 def _address_space_limit(limits: Limits | None) -> int:
