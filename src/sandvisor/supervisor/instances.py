@@ -51,6 +51,12 @@ def new_instance_id(class_name: str) -> str:
     return f"{class_name}_{uuid.uuid4().hex[:8]}"
 
 
+def refused(exchange: Exchange) -> bool:
+    """The actor answered that the request itself is invalid (not that the method failed)."""
+    error = exchange.report.error
+    return error is not None and error.get("kind") == ErrorType.INVALID_REQUEST.value
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -205,28 +211,46 @@ class InstanceRegistry:
         run.timings.launched = started
         recreated = bool(why_new)
         actor_limits = self._actor_limits(instance, limits)
+        creating = not instance.started
         try:
-            if not instance.started:
+            if creating:
                 instance.started = True
                 stopped = await self._hold_gpus(instance, run, limits)
                 if stopped is not None:
-                    self._lose(instance, "its call was stopped before it started")
-                    return self._not_run(run, instance, stopped)
+                    self._drop(instance)
+                    return run.respond(Report(stopped=stopped))
                 await self._say_created(run, instance, why_new)
                 exchange = await instance.actor.start(run, actor_limits, started, run.stopped)
                 run.retried = instance.actor.retried_on_spawn
-                if exchange.answer != "created":
-                    if exchange.answer == "error":  # the constructor raised: there never was one
-                        self._lose(instance, "its constructor failed")
-                    return await self._respond(run, instance, exchange, recreated)
+                if exchange.answer != "created":  # it raised, died or was stopped: never was
+                    return self._not_created(run, instance, exchange)
             exchange = await instance.actor.call(
                 run.spec.request, run, actor_limits, started, run.stopped, display=run.spec.display
             )
         except BaseException as exc:  # cancelled mid-call, or the actor could not start
             self._lose(instance, f"its call was interrupted ({type(exc).__name__})")
             raise
+        if creating and refused(exchange):
+            # The request that made it is invalid (no such method, arguments that cannot be
+            # decoded): nothing of it is kept, as if the child had found out before creating.
+            return self._not_created(run, instance, exchange)
         instance.method_calls += 1
         return await self._respond(run, instance, exchange, recreated)
+
+    def _not_created(self, run: JobRun, instance: Instance, exchange: Exchange) -> FunctionResponse:
+        """The answer for a request whose instance never came to be: no instance id, no info."""
+        self._drop(instance)
+        self._note_times(run, instance, exchange)
+        return run.respond(exchange.report)
+
+    def _drop(self, instance: Instance) -> None:
+        """An instance that never came to be goes without a trace: not remembered as gone (a
+        later request for its id is not told it was lost); its actor, if any, stops once no
+        call waits on it."""
+        if instance.gone is None:
+            instance.gone = "its creation failed"
+        if self._live.get(instance.instance_id) is instance:
+            del self._live[instance.instance_id]
 
     async def _hold_gpus(
         self, instance: Instance, run: JobRun, limits: Limits
@@ -282,13 +306,17 @@ class InstanceRegistry:
             cpu_s=instance.limits.cpu_s,
         )
 
-    async def _respond(
-        self, run: JobRun, instance: Instance, exchange: Exchange, recreated: bool
-    ) -> FunctionResponse:
+    @staticmethod
+    def _note_times(run: JobRun, instance: Instance, exchange: Exchange) -> None:
         run.timings.running = exchange.running_at
         run.timings.finished = time.monotonic()
         instance.last_used = now_iso()
         instance.last_used_at = time.monotonic()
+
+    async def _respond(
+        self, run: JobRun, instance: Instance, exchange: Exchange, recreated: bool
+    ) -> FunctionResponse:
+        self._note_times(run, instance, exchange)
         lost_now = exchange.answer is None or (instance.gone is None and not instance.actor.alive)
         if lost_now:
             self._lose(instance, self._death_words(exchange.report, instance.actor.death))
