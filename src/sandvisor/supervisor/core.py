@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import secrets
 import sys
 import time
 import uuid
@@ -43,8 +45,15 @@ log = logging.getLogger(__name__)
 STREAM_BUFFER = 256
 
 
+#: A job id is a file and process-name component: no separators, no leading dot, bounded.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 class InvalidRequest(Exception):
-    """The request cannot be run as given; the message says what is wrong in one line."""
+    """The request cannot be run as given; the message says what is wrong in one line.
+
+    The reason alone: ``outcome.failure`` puts "invalid request: " in front of it.
+    """
 
     def __init__(self, summary: str, detail: str = "") -> None:
         super().__init__(summary)
@@ -58,9 +67,7 @@ def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> Functio
     if hasattr(request, "model_dump"):  # e.g. runpod-flash's own FunctionRequest
         request = request.model_dump(exclude_none=True)
     if not isinstance(request, Mapping):
-        raise InvalidRequest(
-            f"invalid request: expected a JSON object, got {type(request).__name__}"
-        )
+        raise InvalidRequest(f"expected a JSON object, got {type(request).__name__}")
     try:
         return FunctionRequest.model_validate(dict(request))
     except ValidationError as exc:
@@ -72,11 +79,26 @@ def describe_validation_error(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"])
     message = str(first["msg"]).removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid request: {where + ': ' if where else ''}{message}{more}"
+    return f"{where + ': ' if where else ''}{message}{more}"
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def check_job_id(job_id: str, running: Mapping[str, object]) -> None:
+    """Refuse an id that cannot name the job's resources, or that names a running job's.
+
+    Two live jobs of one id would share the cancel registry's entry (the first to end removes
+    the other's) and the marks their processes are found by (each would kill the other's).
+    """
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise InvalidRequest(
+            f"job id {job_id!r} is not 1-128 letters, digits, '_', '.' or '-' (not starting"
+            " with '.', '_' or '-')"
+        )
+    if job_id in running:
+        raise InvalidRequest(f"job id {job_id!r} is already running; a running job's id is unique")
 
 
 class Supervisor:
@@ -188,16 +210,16 @@ class Supervisor:
     ) -> FunctionResponse:
         started = time.monotonic()
         try:
+            check_job_id(job_id, self._jobs)
             parsed = parse_request(request)
             limits = Limits.resolve(self.settings, parsed.limits, gpus_available=self.gpus.total)
             spec = self._spec(job_id, parsed, limits)
             spec.display = display
         except InvalidRequest as exc:
             return failure(ErrorType.INVALID_REQUEST, exc.summary, exc.detail)
-        except LimitsError as exc:
-            return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
-        except DeployedAppError as exc:
-            return failure(ErrorType.INVALID_REQUEST, f"invalid request: {exc}")
+        except (LimitsError, DeployedAppError) as exc:
+            return failure(ErrorType.INVALID_REQUEST, str(exc))
+        # Registered before the first await: the id check above and this are one step.
         run = JobRun(spec, self._templates, on_event, self.gpus)
         self._jobs[job_id] = run
         try:
@@ -239,8 +261,6 @@ class Supervisor:
             summary, _, detail = str(exc).partition("\n")
             if exc.error_type is ErrorType.DEPENDENCY_INSTALL:
                 summary = f"dependency install failed: {summary}"
-            else:
-                summary = f"invalid request: {summary}"
             return failure(exc.error_type, summary, detail, stdout=run.output.text())
         if isinstance(lease, EnvLease):
             run.environment_ready((time.monotonic() - started) * 1000)
@@ -297,7 +317,9 @@ class Supervisor:
             job_id=job_id,
             request=request.model_dump(),
             python=sys.executable,
-            workdir=self.settings.jobs_dir / job_id,
+            # Its own dir per run, not per id: the dir of an earlier job of this id may still be
+            # queued for removal (see cleanup.py), which would take this job's with it.
+            workdir=self.settings.jobs_dir / f"{job_id}.{secrets.token_hex(4)}",
             env=env,
             limits=limits,
             watch_interval_s=self.settings.watch_interval_s,
