@@ -11,6 +11,7 @@ import pytest
 from tests.helpers import function_request, streamed
 from tests.integration.templates_helpers import WHO_AM_I, ok, template_of, wait_until
 
+from sandvisor.protocol.messages import SPARE_NAME
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.settings import Settings
 
@@ -36,7 +37,7 @@ async def test_a_spare_waits_for_the_next_job_and_is_used_once(sup: Supervisor) 
     assert spare_process.ppid() == template.pid
     await wait_until(lambda: os.getsid(spare) == spare)  # out of the template's session
     # Named, so that one its template forked but never announced is still found when it dies.
-    await wait_until(lambda: spare_process.name() == "sv-spare")
+    await wait_until(lambda: spare_process.name() == SPARE_NAME)
     # None of the template's descriptors: stdin, stdout, stderr and the socket it waits on.
     await wait_until(lambda: len(os.listdir(f"/proc/{spare}/fd")) == 4)
     first = await ok(sup, function_request(SPARE_SEES))
@@ -57,7 +58,7 @@ def main():
     return {
         "stdout_is_pipe": stat.S_ISFIFO(os.fstat(1).st_mode),
         "seekable": [sys.stdout.seekable(), sys.stderr.seekable()],
-        "line_buffering": [sys.stdout.line_buffering, sys.stderr.line_buffering],
+        "write_through": [sys.stdout.write_through, sys.stderr.write_through],
         "same_objects": sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__,
     }
 """
@@ -71,7 +72,7 @@ async def test_a_spare_made_its_streams_ahead_and_the_job_output_arrives_through
     assert response.json_result == {
         "stdout_is_pipe": True,
         "seekable": [False, False],  # made for a pipe, as the job's own are
-        "line_buffering": [True, True],
+        "write_through": [True, True],  # nothing held back, as under python -u
         "same_objects": True,
     }
     seen = {(event.stream, event.text.strip()) for event in events}

@@ -5,11 +5,14 @@ from __future__ import annotations
 import _signal
 import ctypes
 import fcntl
+import io
 import os
 import resource
 import signal
 import sys
 from typing import Any
+
+from sandvisor.protocol import stdio
 
 CHANNEL_FD = 3
 PR_SET_CHILD_SUBREAPER = 36
@@ -131,7 +134,7 @@ def replace_environment(env: dict[str, str]) -> None:
 
 
 def stand_in_stdio() -> None:
-    """Put a pipe that nobody reads on fds 1 and 2, until the job's own are put there.
+    """Put a pipe that nobody reads on fds 1 and 2, until the job's own is put there.
 
     So that streams made ahead of the job (in a spare) are made for a pipe, as the job's are,
     rather than for the template's /dev/null, which is seekable.
@@ -143,15 +146,48 @@ def stand_in_stdio() -> None:
     os.close(write_end)
 
 
-def line_buffered_stdio() -> None:
-    """Fresh line-buffered text streams on fds 1 and 2.
+class StderrRecords(io.RawIOBase):
+    """The raw layer under ``sys.stderr``: each write goes to fd 2 at once, as stderr records.
 
-    New objects rather than reconfigured ones: in a forked child the inherited wrappers describe
-    the template's descriptors (seekable /dev/null), not the job's pipes.
+    fds 1 and 2 are one pipe (so the kernel keeps their writes in order); the records are how the
+    supervisor still tells what Python's stderr wrote from stdout (``protocol.stdio``). Writes to
+    the descriptor itself (``os.write(2, ...)``, subprocesses, C code) are plain output.
     """
-    sys.stdout = sys.__stdout__ = open(  # noqa: SIM115 - lives as long as the process
-        1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:  # bytes-like, as io.RawIOBase.write takes
+        payload = bytes(data)
+        stdio.write_records(self._fd, stdio.stderr_records(payload))
+        return len(payload)
+
+
+def unbuffered_stdio() -> None:
+    """Fresh text streams on fds 1 and 2 that hold nothing back, as ``python -u`` makes them.
+
+    Every write reaches the pipe before it returns (unbuffered raw layer, ``write_through``), so
+    output is in program order with logging and subprocesses, and a job that dies abruptly
+    (``os._exit``, a signal, SIGKILL) loses nothing it wrote, a partial line included.
+    New objects rather than reconfigured ones: in a forked child the inherited wrappers describe
+    the template's descriptors (seekable /dev/null), not the job's pipe.
+    """
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
     )
-    sys.stderr = sys.__stderr__ = open(  # noqa: SIM115
-        2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        StderrRecords(2), encoding="utf-8", errors="backslashreplace", write_through=True
     )

@@ -1,57 +1,55 @@
-"""Logging records of user code go to the supervisor as ``log`` frames, with their level."""
+"""Logging records of user code go to the job's output, in program order, with their level.
+
+Each record is written to fd 2 (where ``logging`` writes under plain Python) as log records of
+``protocol.stdio``, at once and in single atomic writes: it lands in the one output pipe between
+what was printed before and after it, and the supervisor reads its level back.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from sandvisor.sandbox_child.channel import Channel
+from sandvisor.protocol import stdio
+
+#: The descriptor records go to: stderr, which shares its pipe with stdout.
+LOG_FD = 2
 
 
-class FrameHandler(logging.Handler):
-    def __init__(self, channel: Channel) -> None:
+class RecordWriter(logging.Handler):
+    """Writes each record to ``fd`` as it is emitted; nothing is buffered in the process."""
+
+    def __init__(self, fd: int = LOG_FD) -> None:
         super().__init__()
-        self._channel = channel
+        self._fd = fd
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
-            self._channel.send(
-                {
-                    "t": "log",
-                    "level": record.levelname,
-                    "logger": record.name,
-                    "msg": text,
-                    "ts": record.created,
-                }
-            )
+            stdio.write_records(self._fd, stdio.log_records(record.levelname, text))
         except Exception:
             self.handleError(record)
 
 
 #: A handler a template made before forking (:func:`prepare`); the job it forks only attaches it.
-_prepared: FrameHandler | None = None
+_prepared: RecordWriter | None = None
 
 
 def prepare() -> None:
     """Build the handler now, in a template: a forked job would pay for it in page copies.
 
-    It is not attached to anything and has no channel until a job installs it, in its own child.
+    It is not attached to anything until a job installs it, in its own child.
     """
     global _prepared
-    _prepared = FrameHandler(Channel(-1))
+    _prepared = RecordWriter()
 
 
-def install_log_forwarding(channel: Channel) -> None:
+def install_log_forwarding() -> None:
     """Root logger to INFO through our handler, so ``logging.info`` in a job is seen, as users expect."""
     global _prepared
-    prepared, _prepared = _prepared, None
-    if prepared is None:
-        prepared = FrameHandler(channel)
-    else:
-        prepared._channel = channel  # the job's own channel: one lock for all its frames
+    handler, _prepared = _prepared or RecordWriter(), None
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.addHandler(prepared)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -284,15 +284,14 @@ def exit_code_of(exc: SystemExit) -> int:
 def prepare_streams() -> Channel:
     """What a job child sets up before it knows its job, done ahead of it by a spare.
 
-    Line-buffered streams on fds 1 and 2, and logging records forwarded on the channel's fd: all
-    name descriptors, not what is behind them, and ``install_descriptors`` later puts the job's
-    own there. The channel is the one the job then speaks on (one lock for all its frames).
+    Unbuffered streams on fds 1 and 2, and logging records written to fd 2: all name
+    descriptors, not what is behind them, and ``install_descriptors`` later puts the job's own
+    output pipe there. The channel is the one the job then speaks on.
     """
     isolation.stand_in_stdio()
-    isolation.line_buffered_stdio()
-    channel = Channel(isolation.CHANNEL_FD)
-    install_log_forwarding(channel)
-    return channel
+    isolation.unbuffered_stdio()
+    install_log_forwarding()
+    return Channel(isolation.CHANNEL_FD)
 
 
 def run_job(
@@ -311,8 +310,8 @@ def run_job(
         isolation.apply_job_environment(job)
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
         if channel is not prepared:
-            isolation.line_buffered_stdio()
-            install_log_forwarding(channel)
+            isolation.unbuffered_stdio()
+            install_log_forwarding()
         if job.get("actor"):
             # Imported here: the actor loop builds on this module.
             from sandvisor.sandbox_child.actor import serve_actor

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from sandvisor.protocol.frames import encode_frame
+from sandvisor.protocol.messages import SPARE_NAME
 from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import (
     become_subreaper,
@@ -46,8 +47,6 @@ from sandvisor.sandbox_child.runner import prepare_streams, run_job
 
 COMMAND_FORK = b"F"
 COMMAND_PING = b"P"
-#: A spare's process name until its job names it: found by it when its template died unannounced.
-SPARE_NAME = "sv-spare"
 #: What the template sends a spare, with a job's three descriptors attached.
 ASSIGN_JOB = b"J"
 

@@ -8,11 +8,11 @@
 
 How a long-lived process's output is cut into calls: the actor flushes Python's and C's stdio
 before it sends each answer, so when an answer frame arrives here, every byte that call wrote to
-fds 1 and 2 is already in the pipes. The channel reader then drains both pipes (non-blocking
-reads until they are empty) into the call's sink *before* it hands the answer on; each pipe's
-reader holds a lock from read to delivery, so no chunk is delivered out of order or after the
-cut. Output written while no call runs (a background thread) is kept, bounded, and delivered at
-the start of the next call. After the actor dies, the readers run to end of file first.
+fds 1 and 2 (one pipe) is already in it. The channel reader then drains the pipe (non-blocking
+reads until it is empty) into the call's sink *before* it hands the answer on; the pipe's reader
+holds a lock from read to delivery, so no chunk is delivered out of order or after the cut.
+Output written while no call runs (a background thread) is kept, bounded, and delivered at the
+start of the next call. After the actor dies, the readers run to end of file first.
 
 Limits: a call's wall time is the call's own; memory, processes and CPU time are watched on the
 actor's whole process tree during each call (CPU time adds up over the actor's life). A breach,
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_frame
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.channel import read_frame_async
-from sandvisor.supervisor.events import LogEvent, Stream
+from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.job import (
     FRAME_OVERHEAD,
     JobSpec,
@@ -45,7 +45,7 @@ from sandvisor.supervisor.job import (
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report
-from sandvisor.supervisor.output import LineSplitter
+from sandvisor.supervisor.output import OutputDemux, Piece
 from sandvisor.supervisor.process import ExitInfo, JobPipes, kill_group
 from sandvisor.supervisor.proctree import ProcessTree, terminate_tree
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
@@ -105,9 +105,9 @@ class ActorProcess:
         self._exit_task: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Future[None]] = []
         self._answers: asyncio.Queue[Frame | None] = asyncio.Queue()
-        self._splitters: dict[Stream, LineSplitter] = {}
-        self._locks: dict[Stream, asyncio.Lock] = {}
-        self._fds: dict[Stream, int] = {}
+        self._demux = OutputDemux()
+        self._output_lock = asyncio.Lock()
+        self._output_fd = -1
         self._sink: OutputSink | None = None
         self._idle: list[LogEvent] = []
         self._idle_size = 0
@@ -199,12 +199,9 @@ class ActorProcess:
             hosted=templates is None,
         )
         self._exit_task = asyncio.ensure_future(self._watch_exit(exited))
-        for stream, fd in (("stdout", pipes.stdout_r), ("stderr", pipes.stderr_r)):
-            os.set_blocking(fd, False)
-            self._fds[stream] = fd
-            self._splitters[stream] = LineSplitter()
-            self._locks[stream] = asyncio.Lock()
-            self._tasks.append(asyncio.ensure_future(self._pump(stream, fd)))
+        self._output_fd = pipes.output_r
+        os.set_blocking(self._output_fd, False)
+        self._tasks.append(asyncio.ensure_future(self._pump(self._output_fd)))
         if unsent:
             with contextlib.suppress(OSError):
                 await asyncio.get_running_loop().sock_sendall(pipes.channel, unsent)
@@ -304,7 +301,7 @@ class ActorProcess:
         if self._tree is not None:
             # What it left running goes too, and with it the last holders of its output pipes.
             await terminate_tree(self._tree, 0.0)
-        pumps = [task for task in self._tasks[:2] if not task.done()]
+        pumps = [task for task in self._tasks[:1] if not task.done()]  # the output pump
         if pumps:
             await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT_S)
         await self._drain()
@@ -325,44 +322,41 @@ class ActorProcess:
             while True:
                 frame = await read_frame_async(reader, self._max_frame)
                 kind = frame["t"]
-                if kind == "log":
-                    level = str(frame.get("level", "INFO"))
-                    ts = float(frame.get("ts", time.time()))
-                    await self._deliver(LogEvent("log", str(frame.get("msg", "")), ts, level))
-                elif kind == "running":
+                if kind == "running":
                     self._running_at = time.monotonic()
                 elif kind in ("created", "result", "error"):
-                    await self._drain()  # the call's output is in the pipes: it goes first
+                    await self._drain()  # the call's output is in the pipe: it goes first
                     self._answers.put_nowait(frame)
         except (EndOfStream, FrameError, ConnectionError):
             pass  # a broken channel shows as no answer; the exit says what happened
         finally:
             self._answers.put_nowait(None)
 
-    async def _pump(self, stream: Stream, fd: int) -> None:
+    async def _pump(self, fd: int) -> None:
         """Deliver the pipe's output as it comes, until end of file."""
         while True:
             await readable(asyncio.get_running_loop(), fd)
-            async with self._locks[stream]:
+            async with self._output_lock:
                 data = _read_some(fd)
                 if data is None:
                     continue
                 if not data:
                     return
-                await self._feed(stream, data)
+                await self._deliver_pieces(self._demux.feed(data))
 
     async def _drain(self) -> None:
-        """Everything in both pipes now, and the last partial lines: the call ends here."""
-        for stream, fd in self._fds.items():
-            async with self._locks[stream]:
-                while data := _read_some(fd):
-                    await self._feed(stream, data)
-                if text := self._splitters[stream].finish():
-                    await self._deliver(LogEvent(stream, text, time.time()))
+        """Everything in the pipe now, and the last partial line: the call ends here."""
+        if self._output_fd < 0:
+            return
+        async with self._output_lock:
+            while data := _read_some(self._output_fd):
+                await self._deliver_pieces(self._demux.feed(data))
+            await self._deliver_pieces(self._demux.finish())
 
-    async def _feed(self, stream: Stream, data: bytes) -> None:
-        if text := self._splitters[stream].feed(data):
-            await self._deliver(LogEvent(stream, text, time.time()))
+    async def _deliver_pieces(self, pieces: list[Piece]) -> None:
+        now = time.time()
+        for stream, text, level in pieces:
+            await self._deliver(LogEvent(stream, text, now, level))
 
     async def _deliver(self, event: LogEvent) -> None:
         if self._sink is not None:
@@ -387,9 +381,8 @@ class ActorProcess:
     async def _cleanup(self) -> None:
         if self.pid is not None:
             kill_group(self.pid, signal.SIGKILL)
-        loop = asyncio.get_running_loop()
-        for fd in self._fds.values():
-            loop.remove_reader(fd)
+        if self._output_fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._output_fd)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

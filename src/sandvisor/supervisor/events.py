@@ -10,12 +10,14 @@ Stream = Literal["stdout", "stderr", "log", "system"]
 
 @dataclass(frozen=True)
 class LogEvent:
-    """A chunk of whole lines from one stream of a job.
+    """A chunk of whole lines from one stream of a job (a partial line where another stream
+    follows it, or where the job's output ends), in the order the job wrote them.
 
-    ``stream`` is ``stdout``/``stderr`` for the child's file descriptors, ``log`` for a logging
-    record or a line an installer (uv, apt-get) printed for the job's env (``level`` set),
-    ``system`` for what sandvisor itself says about the job (building its env, retries, kills).
-    ``ts`` is the Unix time it was read or recorded.
+    ``stream`` is ``stderr`` for what Python's ``sys.stderr`` wrote, ``stdout`` for the rest of
+    what reached fds 1 and 2 (one pipe, so raw writes to fd 2, from subprocesses or C code, are
+    ``stdout`` too), ``log`` for a logging record or a line an installer (uv, apt-get) printed
+    for the job's env (``level`` set), ``system`` for what sandvisor itself says about the job
+    (building its env, retries, kills). ``ts`` is the Unix time it was read or recorded.
     """
 
     stream: Stream

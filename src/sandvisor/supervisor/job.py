@@ -1,7 +1,7 @@
 """One job, from launch to response: the steps a job goes through in the supervisor.
 
     launch (fork from the env's template, or spawn a fresh interpreter)
-      -> send the job frame -> read frames, stdout and stderr concurrently
+      -> send the job frame -> read frames and the output pipe (fds 1 and 2) concurrently
       -> wait for the exit, or stop it (timeout, cancel, broken channel, a watchdog breach)
       -> terminate what is left of its process tree -> classify -> respond
 
@@ -26,12 +26,12 @@ from typing import Any
 
 from sandvisor.protocol.frames import FrameDecoder, FrameError, encode_frame
 from sandvisor.protocol.models import ErrorType, FunctionResponse
-from sandvisor.supervisor.events import LogEvent, Stream
+from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
 from sandvisor.supervisor.limits import CHILD_OOM_SCORE_ADJ, Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report, classify, failure
-from sandvisor.supervisor.output import LineSplitter, OutputBuffer
+from sandvisor.supervisor.output import OutputBuffer, OutputDemux, Piece
 from sandvisor.supervisor.process import (
     ExitInfo,
     JobPipes,
@@ -328,12 +328,8 @@ class JobRun:
         assert self.pid is not None
         report = Report()
         loop = asyncio.get_running_loop()
-        readers = [
-            asyncio.ensure_future(self._read_stream(pipes.stdout_r, "stdout")),
-            asyncio.ensure_future(self._read_stream(pipes.stderr_r, "stderr")),
-        ]
-        # The stream readers own those fds from here on (each closes its own).
-        pipes.stdout_r = pipes.stderr_r = -1
+        readers = [asyncio.ensure_future(self._read_output(pipes.output_r))]
+        pipes.output_r = -1  # the output reader owns it from here on, and closes it
         watching = self._start_watchdog()
         try:
             if unsent:  # a frame larger than the socket buffer: the rest, as the child reads
@@ -475,14 +471,15 @@ class JobRun:
 
     # -- readers -------------------------------------------------------------------------------
 
-    async def _read_stream(self, fd: int, stream: Stream) -> None:
-        """Whole lines of one output pipe as events, until its end; closes ``fd``.
+    async def _read_output(self, fd: int) -> None:
+        """The job's output pipe (fds 1 and 2, logging records) as events, until its end;
+        closes ``fd``. At the end, a partial line is given out too: nothing written is lost.
 
         Plain reads and a readiness wait, not a transport and a stream reader: a job that prints
         nothing costs one wait for the end, and one that floods is read in big chunks.
         """
         loop = asyncio.get_running_loop()
-        splitter = LineSplitter()
+        demux = OutputDemux()
         try:
             os.set_blocking(fd, False)
             while True:
@@ -493,12 +490,15 @@ class JobRun:
                     continue
                 if not chunk:
                     break
-                if text := splitter.feed(chunk):
-                    await self.emit(LogEvent(stream, text, time.time()))
-            if text := splitter.finish():
-                await self.emit(LogEvent(stream, text, time.time()))
+                await self._emit_pieces(demux.feed(chunk))
+            await self._emit_pieces(demux.finish())
         finally:
             os.close(fd)
+
+    async def _emit_pieces(self, pieces: list[Piece]) -> None:
+        now = time.time()
+        for stream, text, level in pieces:
+            await self.emit(LogEvent(stream, text, now, level))
 
     async def _read_frames(self, pipes: JobPipes, report: Report) -> None:
         loop = asyncio.get_running_loop()
@@ -515,11 +515,7 @@ class JobRun:
 
     async def _on_frame(self, frame: dict[str, Any], report: Report) -> None:
         kind = frame["t"]
-        if kind == "log":
-            level = str(frame.get("level", "INFO"))
-            text = str(frame.get("msg", ""))
-            await self.emit(LogEvent("log", text, float(frame.get("ts", time.time())), level))
-        elif kind == "running":
+        if kind == "running":
             self.timings.running = time.monotonic()
         elif kind == "result":
             report.fields = dict(frame.get("fields") or {})

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import codecs
+from typing import Literal
+
+from sandvisor.protocol import stdio
 
 #: A line longer than this is passed on in pieces rather than held back.
 MAX_PENDING_LINE = 64 * 1024
@@ -30,6 +33,112 @@ class LineSplitter:
         text = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         return text
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether part of a line (or of a character) is held back."""
+        return bool(self._pending) or bool(self._decoder.getstate()[0])
+
+
+TextStream = Literal["stdout", "stderr"]
+#: What the output pipe said, in order: ``("stdout"|"stderr", text, None)`` or
+#: ``("log", message, level)``.
+Piece = tuple[Literal["stdout", "stderr", "log"], str, str | None]
+
+
+class OutputDemux:
+    """A job's one output pipe (fds 1 and 2), in any chunking -> pieces in program order.
+
+    Plain bytes are stdout; ``protocol.stdio`` records are what ``sys.stderr`` wrote and logging
+    records. Text comes in whole lines, except that a partial line is given out as it is when
+    the other stream or a logging record follows it (so order is kept) and at :meth:`finish`.
+    """
+
+    def __init__(self) -> None:
+        self._held = b""  # the start of a record (or of MAGIC) that the next read completes
+        self._lines: dict[TextStream, LineSplitter] = {
+            "stdout": LineSplitter(),
+            "stderr": LineSplitter(),
+        }
+        self._partial: TextStream | None = None  # the stream whose line is unfinished
+        self._log_level = ""
+        self._log_parts: list[bytes] = []  # pieces of a logging record still to come whole
+
+    def feed(self, data: bytes) -> list[Piece]:
+        """The pieces ``data`` completes, in order."""
+        out: list[Piece] = []
+        buffer = self._held + data if self._held else data
+        self._held = b""
+        position = 0
+        while True:
+            at = buffer.find(stdio.MAGIC, position)
+            if at < 0:
+                end = len(buffer) - stdio.magic_prefix_at_end(buffer)
+                self._text(
+                    "stdout",
+                    buffer if position == 0 and end == len(buffer) else buffer[position:end],
+                    out,
+                )
+                self._held = buffer[end:]
+                return out
+            if at > position:
+                self._text("stdout", buffer[position:at], out)
+            header = stdio.parse_header(buffer, at)
+            if header is True:
+                self._held = buffer[at:]
+                return out
+            if header is False:
+                self._text("stdout", buffer[at : at + 1], out)
+                position = at + 1
+                continue
+            kind, length = header
+            start = at + stdio.HEADER_SIZE
+            position = start + length
+            self._record(kind, buffer[start:position], out)
+
+    def finish(self) -> list[Piece]:
+        """Everything still held: bytes of an unfinished record as plain output, the partial
+        line. The demux can go on being fed afterwards (an actor's next call)."""
+        out: list[Piece] = []
+        held, self._held = self._held, b""
+        if held:
+            self._text("stdout", held, out)
+        self._end_log(out)
+        self._end_partial(out)
+        return out
+
+    def _text(self, stream: TextStream, data: bytes, out: list[Piece]) -> None:
+        if not data:
+            return
+        if self._partial not in (None, stream):
+            self._end_partial(out)
+        lines = self._lines[stream]
+        if text := lines.feed(data):
+            out.append((stream, text, None))
+        self._partial = stream if lines.has_pending else None
+
+    def _end_partial(self, out: list[Piece]) -> None:
+        if self._partial is not None:
+            if text := self._lines[self._partial].finish():
+                out.append((self._partial, text, None))
+            self._partial = None
+
+    def _record(self, kind: bytes, payload: bytes, out: list[Piece]) -> None:
+        if kind == stdio.STDERR:
+            self._text("stderr", payload, out)
+            return
+        self._end_partial(out)  # the line printed before the record is out first
+        level, _, message = payload.partition(stdio.LEVEL_SEPARATOR)
+        self._log_level = level.decode("utf-8", "replace")
+        self._log_parts.append(message)
+        if kind == stdio.LOG or sum(map(len, self._log_parts)) > MAX_PENDING_LINE:
+            self._end_log(out)
+
+    def _end_log(self, out: list[Piece]) -> None:
+        if self._log_parts:
+            message = b"".join(self._log_parts).decode("utf-8", "replace")
+            self._log_parts = []
+            out.append(("log", message, self._log_level))
 
 
 class OutputBuffer:

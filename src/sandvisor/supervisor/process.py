@@ -48,40 +48,42 @@ def signal_name(signum: int) -> str:
 
 @dataclass
 class JobPipes:
-    """The three channels of one job; the child ends go to the child, the rest stay here."""
+    """The channels of one job; the child ends go to the child, the rest stay here.
+
+    stdout and stderr are one pipe (the child gets its write end as both): the kernel keeps
+    writes to one pipe in the order they were made, so the job's output arrives in program
+    order whichever descriptor, stream or process wrote it (see ``protocol.stdio``).
+    """
 
     channel: socket.socket
     child_channel: socket.socket
-    stdout_r: int
-    stdout_w: int
-    stderr_r: int
-    stderr_w: int
+    output_r: int
+    output_w: int
     _child_ends_closed: bool = field(default=False, repr=False)
 
     @classmethod
     def create(cls) -> JobPipes:
         channel, child_channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        return cls(channel, child_channel, stdout_r, stdout_w, stderr_r, stderr_w)
+        output_r, output_w = os.pipe()
+        return cls(channel, child_channel, output_r, output_w)
 
     @property
     def child_fds(self) -> tuple[int, int, int]:
-        return self.child_channel.fileno(), self.stdout_w, self.stderr_w
+        """The child's channel, stdout and stderr (the same pipe twice)."""
+        return self.child_channel.fileno(), self.output_w, self.output_w
 
     def close_child_ends(self) -> None:
         if not self._child_ends_closed:
             self._child_ends_closed = True
             self.child_channel.close()
-            os.close(self.stdout_w)
-            os.close(self.stderr_w)
+            os.close(self.output_w)
 
     def close(self) -> None:
         self.close_child_ends()
         self.channel.close()
-        for fd in (self.stdout_r, self.stderr_r):
+        if self.output_r >= 0:
             try:
-                os.close(fd)
+                os.close(self.output_r)
             except OSError:
                 pass  # a reader already closed it
 

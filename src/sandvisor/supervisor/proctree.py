@@ -10,7 +10,7 @@ marks, cheapest first:
 - memory: a process seen once stays a member until it is gone;
 - the job's marks, for a process that detached (``setsid`` and a double fork) between two scans
   and was reparented to an adopter (the supervisor and the templates are child subreapers): its
-  name (the child names itself ``sv-<job id>``, which forks inherit) or, after an exec, the
+  name (the child names itself :func:`job_comm`, which forks inherit) or, after an exec, the
   ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``.
 
 One scan of ``/proc`` rather than psutil's per-process objects: every job's watchdog reads the
@@ -26,18 +26,14 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import os
 import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-#: Every job child gets this variable; descendants that detach keep it across exec.
-JOB_ENV_VAR = "SANDVISOR_JOB_ID"
-#: A job child names itself with this prefix and its job id (15 bytes at most: the kernel's
-#: limit); descendants forked without an exec inherit the name.
-JOB_COMM_PREFIX = "sv-"
-_COMM_MAX = 15
+from sandvisor.protocol.messages import JOB_COMM_DIGITS, JOB_COMM_PREFIX, JOB_ENV_VAR
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -61,8 +57,15 @@ def become_subreaper() -> bool:
 
 
 def job_comm(job_id: str) -> str:
-    """The process name a job's child takes, so that its forked descendants can be found."""
-    return (JOB_COMM_PREFIX + job_id)[:_COMM_MAX]
+    """The process name a job's child takes, so that its forked descendants can be found.
+
+    A digest of the id, not the id cut to the kernel's 15 bytes: two ids that share their first
+    12 characters (RunPod's ``sync-...`` ids do) would otherwise name each other's processes,
+    and a job would claim, and kill, another job's detached ones. 48 bits of digest make that a
+    non-event among the jobs of one machine; the prefix keeps the name apart from a spare's.
+    """
+    digest = hashlib.blake2b(job_id.encode(), digest_size=JOB_COMM_DIGITS // 2).hexdigest()
+    return JOB_COMM_PREFIX + digest
 
 
 def job_environ(job_id: str) -> dict[str, str]:

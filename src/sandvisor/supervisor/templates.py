@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
-from sandvisor.sandbox_child.template import COMMAND_FORK, SPARE_NAME
+from sandvisor.protocol.messages import SPARE_NAME
+from sandvisor.sandbox_child.template import COMMAND_FORK
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
 from sandvisor.supervisor.proctree import JOB_ENV_VAR, read_proc, scan
