@@ -1,7 +1,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandvisor.supervisor.output import MAX_PENDING_LINE, LineSplitter, OutputBuffer
+from sandvisor.protocol import stdio
+from sandvisor.supervisor.output import MAX_PENDING_LINE, LineSplitter, OutputBuffer, OutputDemux
 
 
 @given(st.text(), st.lists(st.integers(1, 7), min_size=1))
@@ -40,3 +41,80 @@ def test_output_under_the_limit_is_kept_whole():
     buffer = OutputBuffer(limit=1000)
     buffer.append("hello\n")
     assert buffer.text() == "hello\n" and not buffer.truncated
+
+
+Segment = tuple[str, str, str | None]  # stream, text, level
+
+
+def encoded(segments: list[Segment]) -> bytes:
+    """The bytes a job's output pipe holds for ``segments``, made as the child makes them."""
+    data = b""
+    for stream, text, level in segments:
+        if stream == "stdout":
+            data += text.encode()
+        elif stream == "stderr":
+            data += b"".join(stdio.stderr_records(text.encode()))
+        else:
+            data += b"".join(stdio.log_records(level or "INFO", text))
+    return data
+
+
+def joined(pieces: list[Segment]) -> list[Segment]:
+    """Consecutive text of one stream joined: how it is cut into pieces is not the job's doing."""
+    out: list[Segment] = []
+    for stream, text, level in pieces:
+        if out and stream != "log" and out[-1][0] == stream:
+            out[-1] = (stream, out[-1][1] + text, None)
+        elif text or stream == "log":
+            out.append((stream, text, level))
+    return out
+
+
+def demuxed(data: bytes, sizes: list[int]) -> list[Segment]:
+    demux = OutputDemux()
+    pieces: list[Segment] = []
+    position, turn = 0, 0
+    while position < len(data):
+        size = sizes[turn % len(sizes)]
+        pieces += demux.feed(data[position : position + size])
+        position += size
+        turn += 1
+    return pieces + demux.finish()
+
+
+segments = st.lists(
+    st.one_of(
+        st.tuples(st.just("stdout"), st.text(min_size=1), st.none()),
+        st.tuples(st.just("stderr"), st.text(min_size=1), st.none()),
+        st.tuples(st.just("log"), st.text(), st.sampled_from(["INFO", "WARNING", "TRACE 5"])),
+    )
+)
+
+
+@given(segments, st.lists(st.integers(1, 5000), min_size=1))
+@settings(max_examples=200, deadline=None)
+def test_one_pipe_gives_back_every_stream_in_order_whatever_the_chunking(parts, sizes):
+    assert joined(demuxed(encoded(parts), sizes)) == joined(parts)
+
+
+def test_a_log_record_longer_than_one_atomic_write_comes_back_whole():
+    message = "é" * (3 * stdio.PAYLOAD_MAX)
+    records = list(stdio.log_records("ERROR", message))
+    assert len(records) > 1 and all(len(record) <= stdio.RECORD_MAX for record in records)
+    assert demuxed(b"".join(records), [4096]) == [("log", message, "ERROR")]
+
+
+def test_a_partial_line_goes_out_before_what_another_stream_writes_after_it():
+    data = b"step 3/5 " + b"".join(stdio.log_records("INFO", "saved"))
+    assert OutputDemux().feed(data) == [("stdout", "step 3/5 ", None), ("log", "saved", "INFO")]
+
+
+def test_bytes_that_only_look_like_a_record_are_plain_output():
+    fake = stdio.MAGIC + b"Zzzzz;" + stdio.MAGIC + b"E12"
+    assert joined(demuxed(fake + b"\n", [3])) == [("stdout", (fake + b"\n").decode(), None)]
+
+
+def test_the_start_of_a_record_at_the_end_of_output_is_not_lost():
+    demux = OutputDemux()
+    assert demux.feed(b"done\n\x00\x1b") == [("stdout", "done\n", None)]
+    assert demux.finish() == [("stdout", "\x00\x1b", None)]
