@@ -7,6 +7,11 @@ from typing import Literal
 
 Stream = Literal["stdout", "stderr", "log", "system"]
 
+#: What marks sandvisor's own lines in a response's output. Added here and nowhere else: the
+#: messages themselves (env builds, installs, retries) are plain sentences, and a terminal or a
+#: RunPod progress update shows the stream's name instead.
+SYSTEM_PREFIX = "[sandvisor] "
+
 
 @dataclass(frozen=True)
 class LogEvent:
@@ -35,8 +40,8 @@ class LogEvent:
             )
         if self.stream == "system":
             return (
-                f"[sandvisor] {self.text}"
+                f"{SYSTEM_PREFIX}{self.text}"
                 if self.text.endswith("\n")
-                else f"[sandvisor] {self.text}\n"
+                else f"{SYSTEM_PREFIX}{self.text}\n"
             )
         return self.text

@@ -104,7 +104,7 @@ async def _apt_install(names: list[str], on_log: Callable[[str], None]) -> None:
     if not any(_APT_LISTS.glob("*_Packages*")):
         # Container images ship without package lists.
         await _apt(["apt-get", "update"], env, cwd, on_log)
-    on_log(f"sandvisor: installing system packages {', '.join(names)}")
+    on_log(f"installing system packages {', '.join(names)}")  # the job's output marks it ours
     await _apt(
         ["apt-get", "install", "-y", "--no-install-recommends", "--", *names], env, cwd, on_log
     )
