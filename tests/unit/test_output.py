@@ -118,3 +118,13 @@ def test_the_start_of_a_record_at_the_end_of_output_is_not_lost():
     demux = OutputDemux()
     assert demux.feed(b"done\n\x00\x1b") == [("stdout", "done\n", None)]
     assert demux.finish() == [("stdout", "\x00\x1b", None)]
+
+
+def test_a_run_of_nuls_is_plain_output_and_a_record_after_it_still_counts():
+    zeros = b"\x00" * 10_000 + b"\x00\x1b"  # binary output, ending like the start of MAGIC
+    data = zeros + b"".join(stdio.log_records("INFO", "after")) + b"tail\n"
+    assert joined(demuxed(data, [333])) == [
+        ("stdout", zeros.decode(), None),
+        ("log", "after", "INFO"),
+        ("stdout", "tail\n", None),
+    ]

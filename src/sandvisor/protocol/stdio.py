@@ -18,7 +18,7 @@ it uses the standard library only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 MAGIC = b"\x00\x1bsv"
 STDERR = b"E"
@@ -40,29 +40,51 @@ def record(kind: bytes, payload: bytes) -> bytes:
 
 def stderr_records(data: bytes) -> Iterator[bytes]:
     """``data`` written to stderr, as records of at most ``RECORD_MAX`` bytes each."""
-    view = memoryview(data)
-    for start in range(0, len(view), PAYLOAD_MAX):
-        yield record(STDERR, bytes(view[start : start + PAYLOAD_MAX]))
+    for start in range(0, len(data), PAYLOAD_MAX):
+        yield record(STDERR, data[start : start + PAYLOAD_MAX])
 
 
-def log_records(level: str, message: str) -> Iterator[bytes]:
+def log_records(level: str, message: str) -> Iterable[bytes]:
     """A logging record as records: one, or pieces (``l``) ending in an ``L``."""
     head = level.encode("utf-8", "backslashreplace").replace(LEVEL_SEPARATOR, b"")[:64]
     head += LEVEL_SEPARATOR
     body = message.encode("utf-8", "backslashreplace")
     room = PAYLOAD_MAX - len(head)
-    starts = range(0, max(len(body), 1), room)
+    if len(body) <= room:  # the usual case: one record
+        return [record(LOG, head + body)]
+    return _log_pieces(head, body, room)
+
+
+def _log_pieces(head: bytes, body: bytes, room: int) -> Iterator[bytes]:
+    """A record too long for one atomic write: ``l`` pieces, then the last one as ``L``."""
+    starts = range(0, len(body), room)
     last = starts[-1]
     for start in starts:
         kind = LOG if start == last else LOG_CONTINUED
         yield record(kind, head + body[start : start + room])
 
 
-def write_records(fd: int, records: Iterator[bytes]) -> None:
+def write_records(fd: int, records: Iterable[bytes]) -> None:
     """Each record with one ``write`` (atomic in a pipe); the rest of a short write after it."""
     for data in records:
         while data:
             data = data[os.write(fd, data) :]
+
+
+def find_magic(buffer: bytes, position: int) -> int:
+    """Where the next ``MAGIC`` (or what may be its start, at the very end) is; -1 if nowhere.
+
+    A search for MAGIC's first byte (memchr) and a check, rather than a search for all of it:
+    on text output that is many times faster. A run of NULs (binary output) falls back to the
+    plain search, so that it is never a Python loop per byte.
+    """
+    first = MAGIC[:1]
+    for _ in range(8):
+        at = buffer.find(first, position)
+        if at < 0 or buffer.startswith(MAGIC, at) or len(buffer) - at < len(MAGIC):
+            return at
+        position = at + 1
+    return buffer.find(MAGIC, position)
 
 
 def parse_header(buffer: bytes, at: int) -> tuple[bytes, int] | bool:

@@ -169,7 +169,10 @@ class StderrRecords(io.RawIOBase):
 
     def write(self, data: Any) -> int:  # bytes-like, as io.RawIOBase.write takes
         payload = bytes(data)
-        stdio.write_records(self._fd, stdio.stderr_records(payload))
+        if len(payload) <= stdio.PAYLOAD_MAX:  # the usual case: one record, no generator
+            stdio.write_records(self._fd, (stdio.record(stdio.STDERR, payload),))
+        else:
+            stdio.write_records(self._fd, stdio.stderr_records(payload))
         return len(payload)
 
 

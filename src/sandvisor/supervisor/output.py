@@ -71,7 +71,7 @@ class OutputDemux:
         self._held = b""
         position = 0
         while True:
-            at = buffer.find(stdio.MAGIC, position)
+            at = stdio.find_magic(buffer, position)
             if at < 0:
                 end = len(buffer) - stdio.magic_prefix_at_end(buffer)
                 self._text(
