@@ -66,18 +66,11 @@ class Counter:
         time.sleep(seconds)
         return seconds
 
-    def hold(self, started, release):
-        # Says it runs (a file), then waits for the test to release it: no guessing how long.
-        open(started, "w").close()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(release) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return os.path.exists(release)
-
     def meet(self, mine, other):
-        # True only if the other call runs at the same time as this one.
+        # Says it runs (file ``mine``), then waits for ``other`` to appear: True only if it did,
+        # so no test guesses how long a call takes.
         open(mine, "w").close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not os.path.exists(other) and time.monotonic() < deadline:
             time.sleep(0.01)
         return os.path.exists(other)
@@ -279,7 +272,7 @@ async def test_cancel_stops_the_call_and_the_instance(small: Supervisor, tmp_pat
     first = ok(await small.run(counter("add", 1)))
     started, release = tmp_path / "started", tmp_path / "release"
     call = asyncio.ensure_future(
-        small.run(again(first.instance_id, "hold", str(started), str(release)), job_id="j1")
+        small.run(again(first.instance_id, "meet", str(started), str(release)), job_id="j1")
     )
     assert await eventually(started.exists, within_s=30)
     assert await small.cancel("j1")
@@ -352,7 +345,7 @@ async def test_a_call_cancelled_while_queued_leaves_the_instance_alone(
 ):
     first = ok(await small.run(counter("add", 1)))
     started, release = tmp_path / "started", tmp_path / "release"
-    hold = again(first.instance_id, "hold", str(started), str(release))
+    hold = again(first.instance_id, "meet", str(started), str(release))
     running = asyncio.ensure_future(small.run(hold))
     assert await eventually(started.exists, within_s=30)
     queued = asyncio.ensure_future(small.run(again(first.instance_id, "add", 1), job_id="q1"))
