@@ -34,7 +34,8 @@ from uv import find_uv_bin
 
 from benchmarks.common import Row, bench_home, ms, p50
 from sandvisor.supervisor.core import Supervisor
-from sandvisor.supervisor.envs import EnvError, EnvStore
+from sandvisor.supervisor.envs import EnvStore
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

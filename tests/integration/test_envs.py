@@ -19,7 +19,8 @@ from tests.wheelhouse import UV_SOURCE_VARS, with_uv_sources
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.cli import main as cli_main
-from sandvisor.supervisor.envs import EnvError, EnvStore
+from sandvisor.supervisor.envs import EnvStore
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings
 
 

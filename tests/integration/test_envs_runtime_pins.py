@@ -18,8 +18,9 @@ from tests.wheelhouse import build_wheel, make_wheelhouse, repack_installed
 from sandvisor.protocol.codec import decode_value, encode_value
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.core import Supervisor
-from sandvisor.supervisor.envs import EnvError, EnvStore
-from sandvisor.supervisor.runtime_pins import runtime_pins
+from sandvisor.supervisor.envs import EnvStore
+from sandvisor.supervisor.envs.runtime_pins import runtime_pins
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings
 
 CLOUDPICKLE = importlib.metadata.version("cloudpickle")

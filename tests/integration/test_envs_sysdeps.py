@@ -14,7 +14,7 @@ from tests.helpers import function_request, make_settings
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.core import Supervisor
-from sandvisor.supervisor.sysdeps import missing_packages
+from sandvisor.supervisor.envs.sysdeps import missing_packages
 
 PACKAGE = "hello"  # GNU hello: 53 kB, depends only on libc6
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from sandvisor.protocol.models import ErrorType
+from sandvisor.supervisor.envs.sysdeps import SystemPackages, missing_packages
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings
-from sandvisor.supervisor.sysdeps import SystemDependencyError, SystemPackages, missing_packages
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="not a Debian system")
 
@@ -38,7 +39,7 @@ async def test_missing_packages_fail_when_not_allowed(tmp_path: Path) -> None:
     packages = SystemPackages(
         Settings.from_env(environ={}, home=tmp_path, allow_system_dependencies=False)
     )
-    with pytest.raises(SystemDependencyError) as caught:
+    with pytest.raises(EnvError) as caught:
         await packages.ensure(["coreutils", "sandvisor-no-such-package"], lambda line: None)
     assert caught.value.error_type is ErrorType.DEPENDENCY_INSTALL
     assert "sandvisor-no-such-package" in str(caught.value)

@@ -7,7 +7,8 @@ import resource
 import pytest
 
 from sandvisor.protocol.models import RequestLimits
-from sandvisor.supervisor.limits import GIB, MIB, Limits, LimitsError
+from sandvisor.supervisor.errors import LimitsError
+from sandvisor.supervisor.limits import GIB, MIB, Limits
 from sandvisor.supervisor.settings import Settings
 
 

@@ -10,7 +10,8 @@ from runpod_flash.cli.commands.build_utils.manifest import ManifestBuilder
 from runpod_flash.cli.commands.build_utils.scanner import RemoteFunctionMetadata
 
 from sandvisor.protocol.models import FunctionRequest
-from sandvisor.supervisor.manifest import DeployedAppError, DeployedEntry, resolve_deployed
+from sandvisor.supervisor.errors import DeployedAppError
+from sandvisor.supervisor.manifest import DeployedEntry, resolve_deployed
 
 
 def _meta(app: Path, name: str, module: str, resource: str, is_class: bool = False):

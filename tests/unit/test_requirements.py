@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from packaging.requirements import Requirement
 
-from sandvisor.supervisor.base_env import BaseEnvironment
-from sandvisor.supervisor.env_keys import env_key
-from sandvisor.supervisor.requirements import RequirementRejected, parse_dependencies
+from sandvisor.supervisor.envs.base import BaseEnvironment
+from sandvisor.supervisor.envs.keys import env_key
+from sandvisor.supervisor.envs.requirements import parse_dependencies
+from sandvisor.supervisor.errors import RequirementRejected
 
 
 def specs(texts: list[str], **kwargs: bool) -> list[str]:

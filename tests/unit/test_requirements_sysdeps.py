@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sandvisor.protocol.models import ErrorType
-from sandvisor.supervisor.sysdeps import (
-    SystemDependencyError,
+from sandvisor.supervisor.envs.sysdeps import (
     validate_names,
 )
+from sandvisor.supervisor.errors import EnvError
 
 
 def test_valid_names_pass_deduplicated() -> None:
@@ -24,7 +24,7 @@ def test_valid_names_pass_deduplicated() -> None:
     "name", ["-o", "--allow-unauthenticated", "Foo", "a", "pkg name", "pkg;rm", "pkg/1", ""]
 )
 def test_invalid_names_are_named_in_the_error(name: str) -> None:
-    with pytest.raises(SystemDependencyError) as caught:
+    with pytest.raises(EnvError) as caught:
         validate_names(["curl", name])
     assert caught.value.error_type is ErrorType.INVALID_REQUEST
     assert repr(name) in str(caught.value)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sandvisor.supervisor.envs.uv import uv_environ
 from sandvisor.supervisor.settings import Settings
-from sandvisor.supervisor.uv_process import uv_environ
 
 
 def test_uv_gets_our_uv_settings_but_not_secrets_or_redirections(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from sandvisor.supervisor.requirements import RequirementRejected, parse_dependencies
-from sandvisor.supervisor.runtime_pins import (
+from sandvisor.supervisor.envs.requirements import parse_dependencies
+from sandvisor.supervisor.envs.runtime_pins import (
     RUNTIME_PACKAGES,
     RuntimePin,
     conflicting_pin,
@@ -19,6 +19,7 @@ from sandvisor.supervisor.runtime_pins import (
     refuse_conflicts,
     runtime_pins,
 )
+from sandvisor.supervisor.errors import RequirementRejected
 
 MSGPACK = RuntimePin("msgpack", SpecifierSet(">=1.0.8"), "frames")
 CLOUDPICKLE = RuntimePin("cloudpickle", SpecifierSet(">=3.1.1"), "arguments")

@@ -84,7 +84,7 @@ def gc_command(options: argparse.Namespace) -> int:
 
 
 def remove_command(options: argparse.Namespace) -> int:
-    from sandvisor.supervisor.envs import EnvError
+    from sandvisor.supervisor.errors import EnvError
 
     try:
         info = _store().remove(options.key)

@@ -25,14 +25,15 @@ from pydantic import ValidationError
 
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.cleanup import DirRemover
-from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
+from sandvisor.supervisor.envs import EnvLease, EnvStore
+from sandvisor.supervisor.errors import InvalidRequest, SandvisorError
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuPool, detect_gpus
 from sandvisor.supervisor.instances import InstanceRegistry
 from sandvisor.supervisor.job import JobRun, JobSpec
-from sandvisor.supervisor.limits import Limits, LimitsError
-from sandvisor.supervisor.manifest import DeployedAppError, resolve_deployed
-from sandvisor.supervisor.outcome import failure
+from sandvisor.supervisor.limits import Limits
+from sandvisor.supervisor.manifest import resolve_deployed
+from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.proctree import become_subreaper, job_environ
 from sandvisor.supervisor.settings import Settings
@@ -47,18 +48,6 @@ STREAM_BUFFER = 256
 
 #: A job id is a file and process-name component: no separators, no leading dot, bounded.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-class InvalidRequest(Exception):
-    """The request cannot be run as given; the message says what is wrong in one line.
-
-    The reason alone: ``outcome.failure`` puts "invalid request: " in front of it.
-    """
-
-    def __init__(self, summary: str, detail: str = "") -> None:
-        super().__init__(summary)
-        self.summary = summary
-        self.detail = detail
 
 
 def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> FunctionRequest:
@@ -215,10 +204,8 @@ class Supervisor:
             limits = Limits.resolve(self.settings, parsed.limits, gpus_available=self.gpus.total)
             spec = self._spec(job_id, parsed, limits)
             spec.display = display
-        except InvalidRequest as exc:
-            return failure(ErrorType.INVALID_REQUEST, exc.summary, exc.detail)
-        except (LimitsError, DeployedAppError) as exc:
-            return failure(ErrorType.INVALID_REQUEST, str(exc))
+        except SandvisorError as exc:
+            return failed(exc)
         # Registered before the first await: the id check above and this are one step.
         run = JobRun(spec, self._templates, on_event, self.gpus)
         self._jobs[job_id] = run
@@ -234,6 +221,8 @@ class Supervisor:
                 return await run.execute()
         except asyncio.CancelledError:
             raise
+        except SandvisorError as exc:  # the environment could not be had
+            return failed(exc, stdout=run.output.text())
         except Exception as exc:  # a bug of ours must still answer, and not take the worker down
             log.exception("job %s failed inside the supervisor", job_id)
             return failure(
@@ -249,19 +238,16 @@ class Supervisor:
     async def _environment(
         self, run: JobRun, request: FunctionRequest
     ) -> EnvLease | FunctionResponse:
-        """The job's env lease; a failure response when it cannot be had or the job is stopped."""
+        """The job's env lease, or a failure response when the job was stopped while waiting.
+
+        Raises :class:`EnvError` when the env cannot be had.
+        """
         started = time.monotonic()
-        try:
-            lease = None
-            if not request.system_dependencies:
-                lease = self.envs.lease_if_ready(request.dependencies)
-            if lease is None:
-                lease = await self._build_environment(run, request)
-        except EnvError as exc:
-            summary, _, detail = str(exc).partition("\n")
-            if exc.error_type is ErrorType.DEPENDENCY_INSTALL:
-                summary = f"dependency install failed: {summary}"
-            return failure(exc.error_type, summary, detail, stdout=run.output.text())
+        lease = None
+        if not request.system_dependencies:
+            lease = self.envs.lease_if_ready(request.dependencies)
+        if lease is None:
+            lease = await self._build_environment(run, request)
         if isinstance(lease, EnvLease):
             run.environment_ready((time.monotonic() - started) * 1000)
         return lease

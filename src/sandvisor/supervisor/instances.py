@@ -31,7 +31,8 @@ from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.actor_process import ActorProcess, Exchange
-from sandvisor.supervisor.envs import EnvError, EnvLease, EnvStore
+from sandvisor.supervisor.envs import EnvLease, EnvStore
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
 from sandvisor.supervisor.job import JobRun
 from sandvisor.supervisor.limits import Limits

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sandvisor.protocol.models import RequestLimits
+from sandvisor.supervisor.errors import LimitsError
 from sandvisor.supervisor.settings import ENV_PREFIX, Settings
 
 MIB = 1024 * 1024
@@ -38,10 +39,6 @@ _OUTPUT_FLOOD_FACTOR = 512
 _OUTPUT_FLOOD_FLOOR = 64 * 1024
 
 _Number = TypeVar("_Number", int, float)
-
-
-class LimitsError(ValueError):
-    """A request asks for a limit above what this supervisor allows."""
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from sandvisor.protocol.models import FunctionRequest
+from sandvisor.supervisor.errors import DeployedAppError
 
 MANIFEST_NAME = "flash_manifest.json"
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-class DeployedAppError(LookupError):
-    """A request names deployed code that the app directory cannot provide."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.sandbox_child.runner import CHANNEL_BROKEN_EXIT
+from sandvisor.supervisor.errors import SandvisorError
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.oom import cgroup_memory_limit
 from sandvisor.supervisor.process import ExitInfo, signal_name
@@ -54,6 +55,12 @@ class Report:
 
 #: First words of every invalid request's error, wherever it was found (parse, limits, env, child).
 INVALID_REQUEST_PREFIX = "invalid request: "
+#: First words of the error of every job whose environment could not be built.
+DEPENDENCY_INSTALL_PREFIX = "dependency install failed: "
+_PREFIXES = {
+    ErrorType.INVALID_REQUEST: INVALID_REQUEST_PREFIX,
+    ErrorType.DEPENDENCY_INSTALL: DEPENDENCY_INSTALL_PREFIX,
+}
 
 
 def failure(
@@ -61,13 +68,20 @@ def failure(
 ) -> FunctionResponse:
     """A failed job's response: the one-line ``summary``, then ``detail``.
 
-    The one place an invalid request's first line gets its prefix: the supervisor's checks and
-    the child's (a missing function, a bad ``modules`` key) hand over the reason alone.
+    The one place an invalid request's or a failed install's first line gets its prefix: the
+    supervisor's checks and the child's (a missing function, a bad ``modules`` key) hand over
+    the reason alone.
     """
-    if error_type is ErrorType.INVALID_REQUEST and not summary.startswith(INVALID_REQUEST_PREFIX):
-        summary = INVALID_REQUEST_PREFIX + summary
+    prefix = _PREFIXES.get(error_type, "")
+    if not summary.startswith(prefix):
+        summary = prefix + summary
     error = f"{summary}\n\n{detail.rstrip()}" if detail.strip() else summary
     return FunctionResponse(success=False, error=error, error_type=error_type, **extra)
+
+
+def failed(error: SandvisorError, **extra: Any) -> FunctionResponse:
+    """The response for any error of the family: its type, summary and detail."""
+    return failure(error.error_type, error.summary, error.detail, **extra)
 
 
 def exit_fields(exit_info: ExitInfo | None) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from packaging.specifiers import Specifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from sandvisor.supervisor.requirements import NormalizedRequirement, RequirementRejected
+from sandvisor.supervisor.envs.requirements import NormalizedRequirement
+from sandvisor.supervisor.errors import RequirementRejected
 
 DISTRIBUTION = "sandvisor"
 # Each package the runtime imports in a job's env, and what breaks without a compatible one.

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sandvisor.protocol.models import ErrorType
-from sandvisor.supervisor.filelock import FileLock
+from sandvisor.supervisor.envs.filelock import FileLock
+from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import run_streaming
 
@@ -28,21 +29,15 @@ _LOCK_PATH = Path("/run/lock/sandvisor-apt.lock")
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
-class SystemDependencyError(Exception):
-    def __init__(self, error_type: ErrorType, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-
-
 def validate_names(names: Iterable[object]) -> list[str]:
     """The names, deduplicated in order; raises naming every invalid one."""
     items = list(names)
     bad = [n for n in items if not isinstance(n, str) or not _NAME.fullmatch(n)]
     if bad:
         shown = ", ".join(repr(n) for n in bad)
-        raise SystemDependencyError(
-            ErrorType.INVALID_REQUEST,
+        raise EnvError(
             f"system_dependencies rejected: {shown} (not a Debian package name)",
+            ErrorType.INVALID_REQUEST,
         )
     return list(dict.fromkeys(str(n) for n in items))
 
@@ -63,10 +58,7 @@ class SystemPackages:
                 if not self.settings.allow_system_dependencies
                 else "the supervisor is not running as root"
             )
-            raise SystemDependencyError(
-                ErrorType.DEPENDENCY_INSTALL,
-                f"system_dependencies not installed: {', '.join(missing)} ({why})",
-            )
+            raise EnvError(f"system_dependencies not installed: {', '.join(missing)} ({why})")
         async with self._lock, FileLock(_lock_path()):
             missing = await missing_packages(wanted)  # another process may have installed them
             if missing:
@@ -113,7 +105,7 @@ async def _apt_install(names: list[str], on_log: Callable[[str], None]) -> None:
 async def _apt(argv: list[str], env: dict[str, str], cwd: Path, log: Callable[[str], None]) -> None:
     result = await run_streaming(argv, env=env, cwd=cwd, on_log=log, program=argv[0])
     if not result.ok:
-        raise SystemDependencyError(ErrorType.DEPENDENCY_INSTALL, result.describe_failure())
+        raise EnvError(result.describe_failure())
 
 
 def _lock_path() -> Path:

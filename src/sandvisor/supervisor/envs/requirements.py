@@ -17,18 +17,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from sandvisor.supervisor.errors import RequirementRejected
+
 MAX_REQUIREMENT_CHARS = 1000
 MAX_REQUIREMENTS = 256
-
-
-class RequirementRejected(ValueError):
-    """A dependency string the supervisor will not hand to uv; the message names it and why."""
-
-    def __init__(self, text: str, reason: str) -> None:
-        shown = text if len(text) <= 120 else text[:117] + "..."
-        super().__init__(f"dependency {shown!r} rejected: {reason}")
-        self.text = text
-        self.reason = reason
 
 
 @dataclass(frozen=True, order=True)

@@ -1,4 +1,4 @@
-"""The env key: which dependency set, on which interpreter, layered on which base.
+"""The env key: which dependency set, on which interpreter, layered on which base; and the plan.
 
 Reuse is on exact equality of the key (a different base fingerprint, Python or platform is a
 different env), and the key is short enough to be a directory name.
@@ -9,14 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sandvisor.supervisor.base_env import BaseEnvironment
-from sandvisor.supervisor.requirements import NormalizedRequirement
+from sandvisor.supervisor.envs.base import BaseEnvironment
+from sandvisor.supervisor.envs.requirements import NormalizedRequirement
 
 # Bump when the layout of a built env changes, so old envs are never reused.
 # 2: builds are constrained to the runtime's msgpack/cloudpickle ranges; older envs may not be.
 LAYOUT_VERSION = 2
 KEY_CHARS = 24
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    """A dependency list here: its env key (None: the base suffices) and what to install."""
+
+    key: str | None
+    requirements: tuple[NormalizedRequirement, ...]
+    missing: tuple[NormalizedRequirement, ...]  # what the base does not already satisfy
 
 
 def env_key(
