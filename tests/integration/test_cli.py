@@ -85,7 +85,7 @@ def test_bad_usage_exits_2(tmp_path: Path):
 def test_help_imports_nothing_heavy():
     probe = (
         "import sys, contextlib, io\n"
-        "from sandvisor.supervisor import cli\n"
+        "from sandvisor.cli import main as cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         "        cli.main(['--help'])\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandvisor.supervisor.cli import main
+from sandvisor.cli.main import main
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ from tests.helpers import make_settings
 from tests.integration.envs_helpers import StallingIndex, run_in
 from tests.wheelhouse import UV_SOURCE_VARS, with_uv_sources
 
+from sandvisor.cli.main import main as cli_main
 from sandvisor.protocol.models import ErrorType
-from sandvisor.supervisor.cli import main as cli_main
 from sandvisor.supervisor.envs import EnvStore
 from sandvisor.supervisor.errors import EnvError
 from sandvisor.supervisor.settings import Settings

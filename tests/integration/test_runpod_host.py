@@ -90,7 +90,7 @@ async def test_a_supervisor_that_cannot_start_fails_each_job_clearly(
 def test_importing_the_handler_does_not_import_runpod() -> None:
     # runpod takes seconds to import: only `sandvisor serve` may pay for it.
     code = (
-        "import sys, sandvisor.supervisor.runpod, sandvisor.supervisor.cli as c; c.build_parser()"
+        "import sys, sandvisor.supervisor.runpod, sandvisor.cli.main as c; c.build_parser()"
     )
     code += "; print('runpod' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -12,7 +12,7 @@ import pytest
 from runpod_flash.protos.remote_execution import FunctionRequest as FlashRequest
 from runpod_flash.stubs.live_serverless import get_function_source
 
-from sandvisor.supervisor.cli import main
+from sandvisor.cli.main import main
 
 SOURCE = """\
 import functools

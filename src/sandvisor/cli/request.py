@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from sandvisor.supervisor.cli import EXIT_OK, EXIT_USAGE
+from sandvisor.cli import EXIT_OK, EXIT_USAGE
 
 
 class RequestBuildError(Exception):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from sandvisor.supervisor.cli import EXIT_USAGE
+from sandvisor.cli import EXIT_USAGE
 
 
 def add_serve_command(subparsers: Any) -> None:

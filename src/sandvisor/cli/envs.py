@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from sandvisor.supervisor.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE
+from sandvisor.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def add_envs_command(subparsers: Any) -> None:

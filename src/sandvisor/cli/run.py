@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from sandvisor.supervisor.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE
+from sandvisor.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE
 
 COLORS = {
     "stdout": "",
@@ -41,7 +43,7 @@ def add_run_command(subparsers: Any) -> None:
         "--color",
         choices=("auto", "always", "never"),
         default="auto",
-        help="color the live log (auto: when stderr is a terminal)",
+        help="color the live log (auto: when stderr is a terminal and NO_COLOR is not set)",
     )
     parser.set_defaults(handler=run_command)
 
@@ -59,6 +61,14 @@ def load_request(source: str, stdin: TextIO = sys.stdin) -> dict[str, Any]:
         raise InputError(f"{source} must hold a JSON object, not {type(document).__name__}")
     job_input = document.get("input")
     return job_input if isinstance(job_input, dict) else document
+
+
+def use_color(choice: str, stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """``--color``: ``always``, ``never``, or ``auto``: a terminal, unless ``NO_COLOR`` is set
+    to anything but the empty string (https://no-color.org; an explicit ``always`` wins)."""
+    if choice != "auto":
+        return choice == "always"
+    return not environ.get("NO_COLOR") and stream.isatty()
 
 
 class LogPrinter:
@@ -86,7 +96,7 @@ def run_command(options: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"sandvisor run: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    color = options.color == "always" or (options.color == "auto" and sys.stderr.isatty())
+    color = use_color(options.color, sys.stderr)
     import asyncio
 
     response = asyncio.run(_run(request, LogPrinter(sys.stderr, color), options.json))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
-from sandvisor.supervisor.cli import EXIT_JOB_FAILED, EXIT_OK
+from sandvisor.cli import EXIT_JOB_FAILED, EXIT_OK
 
 if TYPE_CHECKING:  # the settings model imports pydantic: only when the command runs
     from sandvisor.supervisor.settings import Settings
