@@ -111,8 +111,8 @@ def measure(label: str, jobs: int, home: Path, extra: dict[str, str]) -> Figures
 
 
 def default_concurrency_here() -> int:
-    from sandvisor.supervisor.runpod import default_concurrency
     from sandvisor.supervisor.settings import Settings
+    from sandvisor.worker.serve import default_concurrency
 
     return default_concurrency(Settings.from_env(environ={}, gpus=""))
 

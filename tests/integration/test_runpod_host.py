@@ -12,16 +12,17 @@ import psutil
 import pytest
 from tests.helpers import function_request, make_settings
 
-from sandvisor.supervisor import runpod as worker
+from sandvisor.worker import handler as worker
+from sandvisor.worker import host as hosting
 
 MARKER = "271.828"
 
 
 @pytest.fixture
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[worker.SupervisorHost]:
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[hosting.SupervisorHost]:
     monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)  # no job API: no progress
-    running = worker.SupervisorHost(make_settings(tmp_path / "home"))
-    monkeypatch.setattr(worker, "_host", running)
+    running = hosting.SupervisorHost(make_settings(tmp_path / "home"))
+    monkeypatch.setattr(hosting, "_host", running)
     yield running
     running.close()
 
@@ -32,14 +33,14 @@ def marked() -> list[psutil.Process]:
     ]
 
 
-async def test_the_handler_answers_the_wire_dict(host: worker.SupervisorHost) -> None:
+async def test_the_handler_answers_the_wire_dict(host: hosting.SupervisorHost) -> None:
     job = {"id": "job-a", "input": function_request("def main(x):\n    return x + 1\n", args=[1])}
     output = await worker.handler(job)
     assert output["success"] is True and output["json_result"] == 2
 
 
 async def test_a_cancelled_handler_returns_only_once_the_tree_is_gone(
-    host: worker.SupervisorHost,
+    host: hosting.SupervisorHost,
 ) -> None:
     code = (
         "import subprocess, time\n"
@@ -63,7 +64,7 @@ async def test_a_cancelled_handler_returns_only_once_the_tree_is_gone(
     assert output["json_result"] == 1
 
 
-async def test_a_job_stopped_before_it_began_ends_at_once(host: worker.SupervisorHost) -> None:
+async def test_a_job_stopped_before_it_began_ends_at_once(host: hosting.SupervisorHost) -> None:
     supervisor = await host.ready()
     request = function_request("def main():\n    return 1\n")
     result, ended = host.spawn(supervisor.run(request))
@@ -77,8 +78,8 @@ async def test_a_supervisor_that_cannot_start_fails_each_job_clearly(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    broken = worker.SupervisorHost(make_settings(blocker / "home"))
-    monkeypatch.setattr(worker, "_host", broken)
+    broken = hosting.SupervisorHost(make_settings(blocker / "home"))
+    monkeypatch.setattr(hosting, "_host", broken)
     try:
         output = await worker.handler({"id": "x", "input": function_request("def main(): pass\n")})
     finally:
@@ -89,9 +90,7 @@ async def test_a_supervisor_that_cannot_start_fails_each_job_clearly(
 
 def test_importing_the_handler_does_not_import_runpod() -> None:
     # runpod takes seconds to import: only `sandvisor serve` may pay for it.
-    code = (
-        "import sys, sandvisor.supervisor.runpod, sandvisor.cli.main as c; c.build_parser()"
-    )
+    code = "import sys, sandvisor.worker.serve, sandvisor.cli.main as c; c.build_parser()"
     code += "; print('runpod' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

@@ -11,12 +11,8 @@ from typing import Any
 from tests.helpers import make_settings
 
 from sandvisor.supervisor.events import LogEvent
-from sandvisor.supervisor.runpod import (
-    MAX_PROGRESS_BYTES,
-    LogBatcher,
-    default_concurrency,
-    supervisor_job_id,
-)
+from sandvisor.worker.handler import MAX_PROGRESS_BYTES, LogBatcher, supervisor_job_id
+from sandvisor.worker.serve import default_concurrency
 
 
 def line(text: str) -> LogEvent:

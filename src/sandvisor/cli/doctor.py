@@ -147,7 +147,7 @@ def check_limits(settings: Settings) -> Check:
 
 
 def check_worker(settings: Settings) -> Check:
-    from sandvisor.supervisor.runpod import default_concurrency
+    from sandvisor.worker.serve import default_concurrency
 
     concurrency = default_concurrency(settings)
     source = "configured" if settings.concurrency else "default"

@@ -29,8 +29,8 @@ def add_serve_command(subparsers: Any) -> None:
 
 def serve_command(options: argparse.Namespace) -> int:
     del options  # runpod reads its own flags from the command line
-    from sandvisor.supervisor.runpod import serve
     from sandvisor.supervisor.settings import SettingsError
+    from sandvisor.worker.serve import serve
 
     argv = sys.argv[1:]
     runpod_args = argv[argv.index("serve") + 1 :] if "serve" in argv else []

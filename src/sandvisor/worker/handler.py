@@ -6,17 +6,13 @@
          |  FunctionResponse.to_wire()                 | progress_interval_s
          +---------------------------------------------+--> runpod.serverless.progress_update
 
-runpod owns the main thread and creates several event loops of its own (fitness checks, the job
-loop, uvicorn for ``--rp_serve_api``, one per ``--test_input`` run), so the Supervisor lives on a
-thread with its own loop, started once per process. That lets it be warm before the first job is
-taken (the concurrency modifier waits for it: runpod calls that just before the first take) and
-be shut down cleanly whichever way runpod's ``start`` returns or raises ``SystemExit``.
+The Supervisor lives on a thread of its own (``host.py``); ``serve.py`` starts runpod's loop.
 
 A stop signal from the platform cancels the handler's task. The cancel crosses to the supervisor
 thread, where the job's process group gets SIGTERM, the grace period, SIGKILL; the handler waits
 for that before it lets the cancel go on, so the next job starts on a clean worker.
 
-``import runpod`` costs about 2.6 s, so it happens only in :func:`serve` and the functions runpod
+``import runpod`` costs about 2.6 s, so it happens only in ``serve.py`` and the functions runpod
 itself calls.
 """
 
@@ -24,12 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import re
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,7 +31,7 @@ from typing import Any, Protocol
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.outcome import failure
-from sandvisor.supervisor.settings import Settings, volume_present
+from sandvisor.worker.host import Ended, SupervisorStartError, get_host
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +39,6 @@ log = logging.getLogger(__name__)
 MAX_PROGRESS_BYTES = 64 * 1024
 #: How long a stopped job may take to be gone, beyond its grace period, before we stop waiting.
 SETTLE_MARGIN_S = 5.0
-#: How long the first job (or the first take) waits for the Supervisor to start.
-START_TIMEOUT_S = 600.0
 
 _SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -60,119 +51,6 @@ class Cancellable(Protocol):
 
 #: ``call_later(delay_s, callback) -> handle``: asyncio's ``loop.call_later`` shape.
 Scheduler = Callable[[float, Callable[[], None]], Cancellable]
-Ended = concurrent.futures.Future[None]
-
-
-class SupervisorStartError(RuntimeError):
-    """The Supervisor could not start, so this worker cannot run any job."""
-
-
-# -- the Supervisor's thread ---------------------------------------------------------------------
-
-
-class SupervisorHost:
-    """One Supervisor on its own thread and event loop; jobs are submitted from any loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=asyncio.run,
-                    args=(self._serve(),),
-                    name="sandvisor-supervisor",
-                    daemon=True,
-                )
-                self._thread.start()
-
-    async def _serve(self) -> None:
-        from sandvisor.supervisor.core import Supervisor
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with Supervisor(self.settings) as supervisor:
-                self._ready.set_result(supervisor)
-                await self._stop.wait()
-        except BaseException as exc:
-            if not self._ready.done():
-                self._ready.set_exception(
-                    SupervisorStartError(f"the supervisor failed to start: {exc}")
-                )
-            else:
-                log.exception("the supervisor failed while shutting down")
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> Any:
-        """The running Supervisor, started if needed; blocks the calling thread."""
-        self.start()
-        return self._ready.result(timeout)
-
-    async def ready(self) -> Any:
-        self.start()
-        return await asyncio.wrap_future(self._ready)
-
-    def spawn(self, coroutine: Any) -> tuple[concurrent.futures.Future[Any], Ended]:
-        """Run ``coroutine`` on the supervisor's loop: its result, and when its task ended.
-
-        Like ``asyncio.run_coroutine_threadsafe`` (cancelling the result cancels the task), plus
-        a future set once the task is over, even when it was cancelled before it began.
-        """
-        loop = self._loop
-        assert loop is not None, "spawn() before ready()"
-        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        ended: Ended = concurrent.futures.Future()
-
-        def on_done(task: asyncio.Task[Any]) -> None:
-            ended.set_result(None)
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by caller
-                if task.cancelled():
-                    result.cancel()
-                elif (error := task.exception()) is not None:
-                    result.set_exception(error)
-                else:
-                    result.set_result(task.result())
-
-        def start() -> None:
-            task = loop.create_task(coroutine)
-            task.add_done_callback(on_done)
-            result.add_done_callback(
-                lambda done: done.cancelled() and loop.call_soon_threadsafe(task.cancel)
-            )
-
-        loop.call_soon_threadsafe(start)
-        return result, ended
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Stop the Supervisor (running jobs are cancelled, templates closed) and its thread."""
-        thread = self._thread
-        if thread is None:
-            return
-        with contextlib.suppress(concurrent.futures.TimeoutError, SupervisorStartError):
-            self._ready.result(timeout)
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                self._loop.call_soon_threadsafe(self._stop.set)
-        thread.join(timeout)
-
-
-_host: SupervisorHost | None = None
-_host_lock = threading.Lock()
-
-
-def get_host(settings: Settings | None = None) -> SupervisorHost:
-    """The process-wide host; created on first use with ``settings`` or from the environment."""
-    global _host
-    with _host_lock:
-        if _host is None:
-            _host = SupervisorHost(settings or Settings.from_env())
-        return _host
 
 
 # -- live logs -----------------------------------------------------------------------------------
@@ -354,76 +232,3 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if not future.done():
             future.cancel()
             await _settle(ended)
-
-
-# -- the worker ----------------------------------------------------------------------------------
-
-
-def default_concurrency(settings: Settings) -> int:
-    """Jobs at once: configured, else one per GPU, else one per CPU this process may use."""
-    if settings.concurrency:
-        return settings.concurrency
-    from sandvisor.supervisor.gpus import detect_gpus
-
-    gpus = detect_gpus(settings)
-    if gpus:
-        return len(gpus)
-    return max(1, len(os.sched_getaffinity(0)))
-
-
-def place_caches(settings: Settings, environ: dict[str, str] | Any = os.environ) -> list[str]:
-    """On a RunPod network volume, keep model caches there too; returns what was set."""
-    if not volume_present():
-        return []
-    placed = []
-    if "HF_HOME" not in environ:
-        environ["HF_HOME"] = str(settings.home / "huggingface")
-        placed.append(f"HF_HOME={environ['HF_HOME']}")
-    return placed
-
-
-def concurrency_modifier_for(host: SupervisorHost, concurrency: int) -> Callable[[int], int]:
-    def concurrency_modifier(current: int) -> int:
-        # runpod calls this just before each take: the first call holds the first take until
-        # the Supervisor (and its base template) is warm.
-        host.wait_ready()
-        return concurrency
-
-    return concurrency_modifier
-
-
-def serve(argv: Sequence[str]) -> int:
-    """Start runpod's worker with our handler; ``argv`` are runpod's own flags, untouched."""
-    settings = Settings.from_env()
-    for line in place_caches(settings):
-        print(f"sandvisor: {line}", file=sys.stderr)
-    host = get_host(settings)
-    concurrency = default_concurrency(settings)
-    test_input = "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
-    # runpod's --test_input path cannot run a generator handler; /stream needs one.
-    streaming = settings.runpod_stream and not test_input
-
-    import runpod
-    from runpod.serverless.modules import rp_scale
-
-    from sandvisor.supervisor.runpod_scaler import install_prompt_scaler
-
-    if settings.runpod_prompt_take:
-        install_prompt_scaler(rp_scale)
-    config: dict[str, Any] = {
-        "handler": stream_handler if streaming else handler,
-        "concurrency_modifier": concurrency_modifier_for(host, concurrency),
-        "return_aggregate_stream": streaming,
-    }
-    sys.argv = [sys.argv[0], *argv]  # runpod parses sys.argv itself
-    code: int = 0
-    try:
-        runpod.serverless.start(config)
-    except SupervisorStartError as exc:
-        print(f"sandvisor serve: {exc}", file=sys.stderr)
-        code = 1
-    except SystemExit as exc:  # --test_input ends with sys.exit(0|1)
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        host.close()
-    return code
