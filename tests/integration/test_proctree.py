@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from sandvisor.prctl import become_subreaper
 from sandvisor.supervisor.proctree import (
     JOB_ENV_VAR,
     ProcessTree,
-    become_subreaper,
     job_environ,
     read_proc,
     reap_orphans,

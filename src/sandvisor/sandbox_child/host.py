@@ -16,7 +16,7 @@ import resource
 import signal
 import time
 
-from sandvisor.sandbox_child.isolation import become_subreaper
+from sandvisor.prctl import become_subreaper
 from sandvisor.sandbox_child.runner import run_job
 
 #: Signals that ask a process to stop: the host, which runs no code of the job's, ignores them.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _signal
-import ctypes
 import fcntl
 import io
 import os
@@ -15,15 +14,6 @@ from typing import Any
 from sandvisor.protocol import stdio
 
 CHANNEL_FD = 3
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def own_session() -> None:

@@ -33,11 +33,11 @@ import sys
 import time
 from typing import Any
 
+from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.frames import encode_frame
 from sandvisor.protocol.messages import SPARE_NAME
 from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import (
-    become_subreaper,
     close_other_fds,
     name_process,
     own_session,

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.cleanup import DirRemover
 from sandvisor.supervisor.envs import EnvLease, EnvStore
@@ -35,7 +36,7 @@ from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.manifest import resolve_deployed
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.policy import child_environment
-from sandvisor.supervisor.proctree import become_subreaper, job_environ
+from sandvisor.supervisor.proctree import job_environ
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import os
 import signal
@@ -33,9 +31,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sandvisor.prctl import is_subreaper
 from sandvisor.protocol.messages import JOB_COMM_DIGITS, JOB_COMM_PREFIX, JOB_ENV_VAR
 
-_PR_SET_CHILD_SUBREAPER = 36
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PROC = "/proc"
@@ -44,16 +42,6 @@ _POLL_S = 0.02
 # How long SIGKILL waves go on before survivors are reported (a process in
 # uninterruptible sleep cannot die until its I/O returns).
 _KILL_TIMEOUT_S = 10.0
-
-_subreaper = False
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants; False where the kernel refuses."""
-    global _subreaper
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    return _subreaper
 
 
 def job_comm(job_id: str) -> str:
@@ -334,7 +322,7 @@ class ProcessTree:
     def _claim_orphans(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> bool:
         """Claim orphans (children of an adopter) that carry this job's name or variable."""
         adopters = {os.getpid(), *self.adopters}
-        if not _subreaper:
+        if not is_subreaper():
             adopters.add(1)
         comm = job_comm(self.job_id)
         marker = f"{JOB_ENV_VAR}={self.job_id}".encode()
