@@ -106,7 +106,8 @@ async def test_forked_child_works_in_its_private_dir_under_its_limits(
     result = response.json_result
     cwd = Path(result["cwd"])
     assert cwd.parent == settings.jobs_dir and cwd.name.startswith("limitsjob.")
-    assert result["files"] == [] and result["mode"] == "0o700"
+    # Its own code only: the job's function_code is a real module file in its dir.
+    assert result["files"] == ["function_code.py"] and result["mode"] == "0o700"
     expected = Limits.resolve(settings).rlimits()
     for name, pair in expected.items():
         assert result["limits"][name] == list(pair), name
@@ -160,7 +161,7 @@ async def test_nothing_of_one_job_is_visible_to_the_next(sup: Supervisor) -> Non
             "sys_modules": False,
             "sys_path": False,
             "env": False,
-            "files": [],
+            "files": ["function_code.py"],  # its own code only
             "logger": False,
             "job_module": False,
         }

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import json
-import linecache
 import logging
 import os
 import sys
@@ -22,13 +22,14 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
+
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
 from sandvisor.sandbox_child import isolation
 from sandvisor.sandbox_child.channel import Channel
 from sandvisor.sandbox_child.logs import install_log_forwarding
-from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir
+from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir, write_job_source
 
-JOB_MODULE_NAME = "__sandvisor_job__"
 #: Exit status of a child whose protocol channel broke (EX_SOFTWARE); the supervisor says "lost".
 CHANNEL_BROKEN_EXIT = 70
 
@@ -71,22 +72,39 @@ def _first_frame(
 _RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_source(source: str, label: str, user_files: set[str]) -> dict[str, Any]:
-    """Exec user source as a module that tracebacks and ``inspect.getsource`` can show."""
-    filename = f"<{label}>"
-    user_files.add(filename)
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+def load_source(
+    source: str, module_name: str, job: dict[str, Any], user_files: set[str]
+) -> dict[str, Any]:
+    """Run the request's code as the module ``module_name``, as ``import`` would from a file.
+
+    The source is written to ``<workdir>/<module_name>.py`` and run as that module: in
+    ``sys.modules`` for the job's life (dataclasses, ``typing.get_type_hints``, pydantic and
+    ``pickle`` look classes up there), with a real ``__file__``, compiled with its own
+    ``__future__`` flags, not this file's. What it defines pickles by reference inside the job
+    (multiprocessing's spawn and forkserver children re-import it from the job's dir) and by value
+    for cloudpickle, because the caller that decodes a result has no such module.
+    """
     try:
-        code = compile(source, filename, "exec")
+        path = write_job_source(
+            job["workdir"], module_name, source, job["request"].get("modules") or {}
+        )
+    except ModulePathError as exc:
+        raise invalid(str(exc)) from None
+    except OSError as exc:
+        raise invalid(f"cannot write the job's {module_name}: {exc}") from None
+    user_files.add(path)
+    try:
+        # dont_inherit: a plain import compiles the file with its own flags only; without it
+        # this module's ``from __future__ import annotations`` would turn the job's
+        # annotations into strings.
+        code = compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" if exc.lineno else "unknown line"
         raise invalid(
-            f"syntax error in {label} at {where}: {exc.msg}",
+            f"syntax error in {module_name} at {where}: {exc.msg}",
             "".join(traceback.format_exception_only(type(exc), exc)),
         ) from None
-    # Not registered in sys.modules, so cloudpickle pickles what it defines by value.
-    module = types.ModuleType(JOB_MODULE_NAME)
-    module.__file__ = filename
+    module = new_module(module_name, path)
     try:
         exec(code, module.__dict__)
     except Exception as exc:
@@ -94,17 +112,36 @@ def load_source(source: str, label: str, user_files: set[str]) -> dict[str, Any]
     return module.__dict__
 
 
+def new_module(name: str, path: str) -> types.ModuleType:
+    """An empty module as the import system makes one for ``path``, registered as ``name``.
+
+    Registered before its code runs, as ``import`` does: a class body or a decorator that looks
+    its module up in ``sys.modules`` (dataclasses does) finds it. Registered with cloudpickle too,
+    so a result or an instance it defines reaches the caller by value.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None  # a .py path always has a spec
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
 def import_deployed(module_name: str, sys_path: list[str], user_files: set[str]) -> dict[str, Any]:
+    """Import the deployed app's module by its name, with the app's directory first on the path."""
     for entry in reversed(sys_path):
         sys.path.insert(0, entry)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise user_failure(exc, user_files) from None
+    if module.__file__:
+        user_files.add(module.__file__)
     return module.__dict__
 
 
 def lookup(namespace: dict[str, Any], name: str, what: str, source: str) -> Any:
+    """``namespace[name]``, else an invalid request that lists what the code does define."""
     if name in namespace:
         return namespace[name]
     defined = sorted(
@@ -119,6 +156,7 @@ def lookup(namespace: dict[str, Any], name: str, what: str, source: str) -> Any:
 def resolve_callable(
     request: dict[str, Any], job: dict[str, Any], user_files: set[str]
 ) -> Callable[..., Any]:
+    """What the request calls: its function, or the method of a new instance of its class."""
     if request.get("execution_type", "function") != "class":
         namespace, origin = load_namespace(request, job, user_files)
         return lookup(namespace, request["function_name"], "function_name", origin)
@@ -128,12 +166,16 @@ def resolve_callable(
 def load_namespace(
     request: dict[str, Any], job: dict[str, Any], user_files: set[str]
 ) -> tuple[dict[str, Any], str]:
-    """The namespace the request's code defines (its source, or the deployed module), and a label."""
+    """The namespace the request's code defines (its source, or the deployed module), and a label.
+
+    The source of ``function_code`` becomes the module ``function_code``, that of ``class_code``
+    the module ``class_code``: the names a plain ``import`` of a file so named would give.
+    """
     is_class = request.get("execution_type", "function") == "class"
     code_field = "class_code" if is_class else "function_code"
     source = request.get(code_field)
     if source is not None:
-        return load_source(source, code_field, user_files), code_field
+        return load_source(source, code_field, job, user_files), code_field
     if job.get("module"):
         namespace = import_deployed(job["module"], job.get("sys_path", []), user_files)
         return namespace, f"module {job['module']}"
@@ -141,9 +183,16 @@ def load_namespace(
 
 
 def create_instance(request: dict[str, Any], job: dict[str, Any], user_files: set[str]) -> Any:
-    """Load the class and construct it with the request's constructor arguments."""
+    """Load the class and construct it with the request's constructor arguments.
+
+    The class and the method are checked first: a request naming either wrongly is invalid
+    before any constructor (which may be slow, or load a model) runs.
+    """
     namespace, origin = load_namespace(request, job, user_files)
     cls = lookup(namespace, request["class_name"], "class_name", origin)
+    if not inspect.isclass(cls):
+        raise invalid(f"class_name {request['class_name']!r} is not a class in {origin}")
+    check_method(cls, request.get("method_name", "__call__"))
     ctor_args, ctor_kwargs = decode_or_fail(
         request.get("constructor_args", []),
         request.get("constructor_kwargs", {}),
@@ -156,7 +205,22 @@ def create_instance(request: dict[str, Any], job: dict[str, Any], user_files: se
         raise user_failure(exc, user_files) from None
 
 
+def check_method(cls: type, method_name: str) -> None:
+    """Refuse a method the class does not define, unless its instances answer any name.
+
+    Looked up in the class and its bases, not through ``getattr(cls, ...)``, which would find
+    the metaclass's own attributes (every class has ``type.__call__``). A class with its own
+    ``__getattr__`` may make the method per instance: :func:`bound_method` decides for it.
+    """
+    if any(method_name in vars(base) for base in cls.__mro__):
+        return
+    if any("__getattr__" in vars(base) for base in cls.__mro__):
+        return
+    raise invalid(f"method_name {method_name!r} is not a method of class {cls.__name__!r}")
+
+
 def bound_method(instance: Any, request: dict[str, Any]) -> Callable[..., Any]:
+    """The instance's method the request names, else an invalid request."""
     method_name = request.get("method_name", "__call__")
     if not hasattr(instance, method_name):
         raise invalid(
