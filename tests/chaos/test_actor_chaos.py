@@ -151,7 +151,7 @@ async def test_a_flood_of_output_is_bounded_and_the_instance_lives_on(sup: Super
     flooded = ok(
         await sup.run(again(first.instance_id, "flood", 8, limits={"max_output_bytes": 20000}))
     )
-    assert len(flooded.stdout) < 25000 and "characters of output dropped" in flooded.stdout
+    assert len(flooded.stdout) < 25000 and "bytes of output dropped" in flooded.stdout
     after = ok(await sup.run(again(first.instance_id, "ping")))
     assert after.json_result == first.json_result and after.stdout == ""
 

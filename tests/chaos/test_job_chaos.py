@@ -292,7 +292,7 @@ def main():
     assert response.error_type == ErrorType.OUTPUT_LIMIT, response.error
     stdout = response.stdout or ""
     assert stdout.startswith("first line\n")
-    assert "characters of output dropped" in stdout
+    assert "bytes of output dropped" in stdout
     assert len(stdout) < 65536 + 1024
     assert own.memory_info().rss - rss_before < 64 * 1024 * 1024
     await assert_clean(sup, job_id, baseline)
@@ -312,7 +312,7 @@ def main():
     assert response.success, response.error
     stdout = response.stdout or ""
     assert stdout.startswith("head marker\n") and stdout.endswith("tail marker\n")
-    assert "characters of output dropped" in stdout
+    assert "bytes of output dropped" in stdout
     await assert_clean(sup, job_id, baseline)
 
 

@@ -34,7 +34,7 @@ def test_output_keeps_head_and_tail_and_counts_what_it_dropped():
     assert text.startswith("0000\n0001\n")
     assert text.endswith("0998\n0999\n")
     assert buffer.dropped == 5000 - 100
-    assert f"{buffer.dropped} characters of output dropped" in text
+    assert f"{buffer.dropped} bytes of output dropped" in text
 
 
 def test_output_under_the_limit_is_kept_whole():
@@ -128,3 +128,18 @@ def test_a_run_of_nuls_is_plain_output_and_a_record_after_it_still_counts():
         ("log", "after", "INFO"),
         ("stdout", "tail\n", None),
     ]
+
+
+def test_the_output_limit_counts_bytes_of_utf8_and_keeps_characters_whole():
+    buffer = OutputBuffer(limit=100)
+    for _ in range(1000):
+        buffer.append("é€😀\n")  # 2 + 3 + 4 + 1 bytes, 4 characters
+    text = buffer.text()
+    head, _, rest = text.partition("\n[sandvisor] ... ")
+    tail = rest.partition(" dropped ...\n")[2]
+    assert len(head.encode()) <= 50 and len(tail.encode()) <= 50
+    assert head.startswith("é€😀\né€😀\n") and tail.endswith("é€😀\n")
+    assert buffer.total == 10 * 1000
+    kept = len(head.encode()) + len(tail.encode())
+    assert buffer.dropped == buffer.total - kept
+    assert f"{buffer.dropped} bytes of output dropped" in text

@@ -142,10 +142,11 @@ class OutputDemux:
 
 
 class OutputBuffer:
-    """Keeps the first and the last ``limit // 2`` characters of everything appended.
+    """Keeps the first and the last ``limit // 2`` bytes (of UTF-8) of everything appended.
 
     What falls in between is dropped and counted, so a job that prints a gigabyte costs the
     supervisor a bounded amount of memory and the response says how much was left out.
+    A character is kept whole or dropped whole.
     """
 
     def __init__(self, limit: int) -> None:
@@ -155,32 +156,36 @@ class OutputBuffer:
         self._head_size = 0
         self._tail: list[str] = []
         self._tail_size = 0
-        self.dropped = 0
-        self.total = 0  # everything appended, kept or not
+        self.dropped = 0  # bytes
+        self.total = 0  # bytes of everything appended, kept or not
 
     def append(self, text: str) -> None:
-        self.total += len(text)
+        size = utf8_size(text)
+        self.total += size
         room = self._head_limit - self._head_size
         if room > 0:
-            piece = text[:room]
+            piece = text[:room] if size == len(text) else _utf8_head(text, room)
             self._head.append(piece)
-            self._head_size += len(piece)
-            text = text[room:]
+            self._head_size += utf8_size(piece)
+            text = text[len(piece) :]
+            size = utf8_size(text)
         if not text:
             return
         self._tail.append(text)
-        self._tail_size += len(text)
+        self._tail_size += size
         if self._tail_size > 2 * self._tail_limit + 4096:
             self._trim_tail()
 
     def _trim_tail(self) -> None:
         joined = "".join(self._tail)
-        excess = len(joined) - self._tail_limit
-        if excess > 0:
-            self.dropped += excess
-            joined = joined[excess:]
+        size = utf8_size(joined)
+        if size > self._tail_limit:
+            kept = _utf8_tail(joined, self._tail_limit)
+            kept_size = utf8_size(kept)
+            self.dropped += size - kept_size
+            joined, size = kept, kept_size
         self._tail = [joined]
-        self._tail_size = len(joined)
+        self._tail_size = size
 
     @property
     def truncated(self) -> bool:
@@ -193,5 +198,30 @@ class OutputBuffer:
         tail = "".join(self._tail)
         if not self.dropped:
             return head + tail
-        marker = f"\n[sandvisor] ... {self.dropped} characters of output dropped ...\n"
+        marker = f"\n[sandvisor] ... {self.dropped} bytes of output dropped ...\n"
         return head + marker + tail
+
+
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate counts its 3 bytes)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _utf8_head(text: str, limit: int) -> str:
+    """The longest start of ``text`` of at most ``limit`` bytes, whole characters only."""
+    data = text.encode("utf-8", "surrogatepass")[:limit]
+    for cut in range(4):  # a character is at most 4 bytes: drop one cut short at the end
+        try:
+            return data[: len(data) - cut].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            continue
+    return ""
+
+
+def _utf8_tail(text: str, limit: int) -> str:
+    """The longest end of ``text`` of at most ``limit`` bytes, whole characters only."""
+    data = text.encode("utf-8", "surrogatepass")[-limit:] if limit else b""
+    start = 0
+    while start < len(data) and data[start] & 0xC0 == 0x80:  # inside a character: skip on
+        start += 1
+    return data[start:].decode("utf-8", "surrogatepass")
