@@ -41,19 +41,33 @@ _OUTPUT_FLOOD_FLOOR = 64 * 1024
 _Number = TypeVar("_Number", int, float)
 
 
+#: The limits a request may set (``limits.<name>``), one row each: the name (in the request and in
+#: ``Settings``, whose value is the default), the ``Settings`` field that raises the ceiling above
+#: the default (None: the default is the ceiling), and the variable that sets the ceiling.
+REQUESTABLE: tuple[tuple[str, str | None, str], ...] = (
+    ("timeout_s", "max_timeout_s", "MAX_TIMEOUT_S"),
+    ("memory_mb", "max_memory_mb", "MAX_MEMORY_MB"),
+    ("cpu_s", None, "CPU_S"),
+    ("max_procs", None, "MAX_PROCS"),
+    ("max_output_bytes", None, "MAX_OUTPUT_BYTES"),
+    ("max_result_bytes", None, "MAX_RESULT_BYTES"),
+    ("max_open_files", None, "MAX_OPEN_FILES"),
+)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Limits of one job, already resolved against the configuration."""
 
-    timeout_s: float
-    memory_bytes: int
-    cpu_s: float | None
-    max_procs: int
-    max_output_bytes: int
-    max_result_bytes: int
-    max_open_files: int
-    gpus: int
-    grace_s: float
+    timeout_s: float  # wall time, seconds, from the job's start to its answer
+    memory_bytes: int  # RSS of the job's whole process tree
+    cpu_s: float | None  # CPU seconds of the child (RLIMIT_CPU); None: unlimited
+    max_procs: int  # processes in the job's tree at once
+    max_output_bytes: int  # output kept, in bytes of UTF-8: its first and last halves
+    max_result_bytes: int  # the encoded result's size
+    max_open_files: int  # RLIMIT_NOFILE
+    gpus: int  # GPUs the job holds
+    grace_s: float  # from SIGTERM to SIGKILL when the job is stopped
 
     @classmethod
     def resolve(
@@ -65,55 +79,27 @@ class Limits:
     ) -> Limits:
         """Defaults from ``settings``; each limit the request names replaces its default.
 
-        A request may go below a default freely and above it up to the configured ceiling:
-        ``max_timeout_s`` and ``max_memory_mb`` where they are set, the default itself for the
-        others, the number of GPUs this worker has for ``gpus``.
+        A request may go below a default freely and above it up to its ceiling (see
+        :data:`REQUESTABLE`); ``gpus`` up to the number of GPUs this worker has (default: 1
+        where it has any). Raises :class:`LimitsError` naming the first limit over its ceiling.
         """
         asked = request_limits or RequestLimits()
-        max_memory_mb = settings.max_memory_mb or settings.memory_mb
+        picked: dict[str, float | int | None] = {}
+        for name, raised_by, variable in REQUESTABLE:
+            default = getattr(settings, name)
+            wanted = getattr(asked, name)
+            if default is None:  # no default: no limit unless the request sets one
+                picked[name] = wanted
+                continue
+            ceiling = (
+                max(default, getattr(settings, raised_by) or default) if raised_by else default
+            )
+            picked[name] = _pick(name, wanted, default, ceiling, variable)
         return cls(
-            timeout_s=_pick(
-                "timeout_s",
-                asked.timeout_s,
-                settings.timeout_s,
-                max(settings.timeout_s, settings.max_timeout_s),
-                "MAX_TIMEOUT_S",
-            ),
-            memory_bytes=MIB
-            * _pick(
-                "memory_mb",
-                asked.memory_mb,
-                settings.memory_mb,
-                max(settings.memory_mb, max_memory_mb),
-                "MAX_MEMORY_MB",
-            ),
-            cpu_s=_pick_optional("cpu_s", asked.cpu_s, settings.cpu_s, "CPU_S"),
-            max_procs=_pick(
-                "max_procs", asked.max_procs, settings.max_procs, settings.max_procs, "MAX_PROCS"
-            ),
-            max_output_bytes=_pick(
-                "max_output_bytes",
-                asked.max_output_bytes,
-                settings.max_output_bytes,
-                settings.max_output_bytes,
-                "MAX_OUTPUT_BYTES",
-            ),
-            max_result_bytes=_pick(
-                "max_result_bytes",
-                asked.max_result_bytes,
-                settings.max_result_bytes,
-                settings.max_result_bytes,
-                "MAX_RESULT_BYTES",
-            ),
-            max_open_files=_pick(
-                "max_open_files",
-                asked.max_open_files,
-                settings.max_open_files,
-                settings.max_open_files,
-                "MAX_OPEN_FILES",
-            ),
+            memory_bytes=MIB * int(picked.pop("memory_mb") or 0),
             gpus=_pick_gpus(asked.gpus, gpus_available),
             grace_s=settings.grace_s,
+            **picked,  # type: ignore[arg-type]
         )
 
     @property
@@ -155,14 +141,6 @@ def _pick(
             f" ({ENV_PREFIX}{variable})"
         )
     return asked
-
-
-def _pick_optional(
-    name: str, asked: float | None, default: float | None, variable: str
-) -> float | None:
-    if default is None:
-        return asked
-    return _pick(name, asked, default, default, variable)
 
 
 def _pick_gpus(asked: int | None, available: int) -> int:
