@@ -1,0 +1,60 @@
+"""Each scenario run by sandvisor and by a fresh ``python``: the answers must be the same.
+
+A row may name why sandvisor must answer otherwise (``Scenario.differs`` and ``why``); any other
+difference is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tests.helpers import make_settings
+from tests.parity.harness import Scenario, expected_of, run_baseline, run_sandvisor
+from tests.parity.scenarios import ALL
+
+from sandvisor.supervisor.core import Supervisor
+
+#: Rows that fail today for a known reason in code outside the loader; strict, so the mark
+#: must go once they pass. The job's root logger comes preset (level INFO, sandvisor's handler,
+#: records shown as "LEVEL: message"), so plain Python's defaults ("WARNING:root:...", INFO
+#: hidden) differ and ``logging.basicConfig`` in a job does nothing (sandbox_child/logs.py).
+PRESET_LOGGING = pytest.mark.xfail(
+    strict=True,
+    reason="logging: sandvisor presets the root logger, so basicConfig is a no-op (logs.py)",
+)
+XFAIL: dict[str, pytest.MarkDecorator] = {
+    "logging_unconfigured_warning": PRESET_LOGGING,
+    "logging_basic_config": PRESET_LOGGING,
+    "logging_info_without_config_is_hidden": PRESET_LOGGING,
+}
+
+
+def rows() -> list[object]:
+    return [pytest.param(s, id=s.id, marks=XFAIL.get(s.id, ())) for s in ALL]
+
+
+def test_the_table_is_large_and_its_ids_unique():
+    ids = [scenario.id for scenario in ALL]
+    assert len(ids) >= 40
+    assert len(set(ids)) == len(ids)
+    assert all(scenario.why for scenario in ALL if scenario.differs)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("scenario", rows())
+async def test_sandvisor_answers_as_plain_python(
+    scenario: Scenario, module_supervisor: Supervisor, tmp_path: Path
+):
+    if scenario.is_class:
+        # An instance lives on after its call: a supervisor of its own stops it with the test.
+        async with Supervisor(make_settings(tmp_path / "home")) as supervisor:
+            sandvisor, baseline = await asyncio.gather(
+                run_sandvisor(supervisor, scenario), run_baseline(scenario, tmp_path / "python")
+            )
+    else:
+        sandvisor, baseline = await asyncio.gather(
+            run_sandvisor(module_supervisor, scenario), run_baseline(scenario, tmp_path / "python")
+        )
+    assert sandvisor == expected_of(scenario, baseline)
