@@ -45,6 +45,8 @@ def _store() -> Any:
 
 
 def list_command(options: argparse.Namespace) -> int:
+    from sandvisor.supervisor.watchdog import format_bytes
+
     store = _store()
     envs = store.list()
     if options.json:
@@ -68,7 +70,7 @@ def list_command(options: argparse.Namespace) -> int:
     print(f"{'KEY':<24}  {'SIZE':>9}  {'LAST USED':<19}  {'IN USE':<6}  REQUIREMENTS")
     for info in envs:
         print(
-            f"{info.key:<24}  {human_size(info.size_bytes):>9}  "
+            f"{info.key:<24}  {format_bytes(info.size_bytes):>9}  "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.last_used)):<19}  "
             f"{'yes' if info.in_use else 'no':<6}  {' '.join(info.requirements)}"
         )
@@ -76,29 +78,25 @@ def list_command(options: argparse.Namespace) -> int:
 
 
 def gc_command(options: argparse.Namespace) -> int:
+    from sandvisor.supervisor.watchdog import format_bytes
+
     removed = _store().gc()
     for info in removed:
-        print(f"removed {info.key} ({human_size(info.size_bytes)}): {' '.join(info.requirements)}")
+        print(
+            f"removed {info.key} ({format_bytes(info.size_bytes)}): {' '.join(info.requirements)}"
+        )
     print(f"{len(removed)} environment(s) removed", file=sys.stderr)
     return EXIT_OK
 
 
 def remove_command(options: argparse.Namespace) -> int:
     from sandvisor.supervisor.errors import EnvError
+    from sandvisor.supervisor.watchdog import format_bytes
 
     try:
         info = _store().remove(options.key)
     except EnvError as exc:
         print(f"sandvisor envs rm: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
-    print(f"removed {info.key} ({human_size(info.size_bytes)})")
+    print(f"removed {info.key} ({format_bytes(info.size_bytes)})")
     return EXIT_OK
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
