@@ -126,9 +126,8 @@ def check_gpus(settings: Settings) -> Check:
 
 
 def check_limits(settings: Settings) -> Check:
-    import psutil
-
     from sandvisor.supervisor.limits import Limits
+    from sandvisor.supervisor.settings import physical_memory_bytes
 
     limits = Limits.resolve(settings)
     parts = [
@@ -140,7 +139,7 @@ def check_limits(settings: Settings) -> Check:
         f"result {settings.max_result_bytes // (1024 * 1024)} MiB",
         f"grace {limits.grace_s:g} s",
     ]
-    total_mb = psutil.virtual_memory().total // (1024 * 1024)
+    total_mb = physical_memory_bytes() // (1024 * 1024)
     if limits.memory_mb > total_mb:
         return Check("limits", "warn", ", ".join(parts) + f" (over the {total_mb} MiB of RAM)")
     return Check("limits", "ok", ", ".join(parts))

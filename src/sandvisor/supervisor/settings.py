@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sandvisor.supervisor.oom import cgroup_memory_limit
@@ -47,7 +46,12 @@ def default_home() -> Path:
 def default_memory_mb() -> int:
     """Three quarters of the machine's RAM, or of the container's memory limit when lower: our
     watchdog acts well before the kernel's OOM killer."""
-    return memory_mb_within(psutil.virtual_memory().total, cgroup_memory_limit())
+    return memory_mb_within(physical_memory_bytes(), cgroup_memory_limit())
+
+
+def physical_memory_bytes() -> int:
+    """The machine's RAM (what /proc/meminfo calls MemTotal), from the C library."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_mb_within(total_bytes: int, limit_bytes: int | None) -> int:
