@@ -344,16 +344,21 @@ MULTIPROCESSING = [
         """,
     ),
     Scenario(
-        "mp_forkserver_pool",
+        "mp_forkserver_pool_with_job_class",
         """
         import multiprocessing as mp
+        from dataclasses import dataclass
 
-        def square(x):
-            return x * x
+        @dataclass(frozen=True)
+        class Side:
+            length: int
+
+        def square(side):
+            return Side(side.length * side.length)
 
         def main():
             with mp.get_context("forkserver").Pool(2) as pool:
-                return pool.map(square, range(6))
+                return [repr(s) for s in pool.map(square, [Side(n) for n in range(4)])]
         """,
     ),
     Scenario(
