@@ -59,6 +59,13 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
+        """Take the next ``data`` (any size, cut anywhere); the frames it completed, in order.
+
+        Bytes of a frame not yet complete are kept for the next call. Raises :class:`FrameError`
+        for a frame over ``max_frame_bytes`` (as soon as its header arrives, before its body is
+        buffered) or a body that is not a msgpack map with a string ``t``; the decoder is then
+        unusable, since the stream has lost its framing.
+        """
         self._buffer += data
         frames: list[Frame] = []
         while len(self._buffer) >= HEADER.size:

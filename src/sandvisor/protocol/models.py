@@ -95,6 +95,11 @@ class FunctionResponse(BaseModel):
     error_type: ErrorType | None = None
     exit_code: int | None = None
     signal: int | None = None
+    # Milliseconds: "env" (getting the environment: a lookup, or a build), "start" (from launch
+    # to the child running the job), "run" (running it, to its answer or end), "total" (all of
+    # it, env included); "retried": 1.0 when the job was started again after its template died.
+    # A failure found before the job started (an invalid request) has none; an internal error
+    # only "total".
     timings: dict[str, float] | None = None
     # The result as the CLI shows it (pretty JSON or repr), made in the child so the caller never
     # unpickles user data; only when asked for, and never sent on the wire.

@@ -92,7 +92,14 @@ def check_job_id(job_id: str, running: Mapping[str, object]) -> None:
 
 
 class Supervisor:
-    """Async context manager; ``run``, ``stream`` and ``cancel`` may be used from many tasks."""
+    """Runs FunctionRequests, each in a child process of its own; one per process is enough.
+
+    Use it as an async context manager: entering makes this process a child subreaper, finds the
+    GPUs, reads the base environment and warms the base template (when ``settings.templates``);
+    leaving cancels the running jobs, waits for them, and closes instances and templates.
+    ``run``, ``stream`` and ``cancel`` may then be called from many tasks of its event loop at
+    once. ``settings``: from ``SANDVISOR_*`` variables when not given.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
@@ -139,6 +146,18 @@ class Supervisor:
     async def run(
         self, request: FunctionRequest | Mapping[str, Any], job_id: str | None = None
     ) -> FunctionResponse:
+        """Run one job to its end; its response, whatever happened.
+
+        ``request``: a ``FunctionRequest``, a dict of its fields, or any model with
+        ``model_dump`` (runpod-flash's own). ``job_id``: 1-128 letters, digits, ``_``, ``.``,
+        ``-``, not starting with ``.``, ``_`` or ``-``, and not that of a running job (ids are
+        unique among running jobs); a fresh one when None.
+
+        Never raises for anything a request or a job does: bad input, a refused limit, a failed
+        install, a crash, a timeout or a bug of ours all come back as ``success=False`` with
+        ``error_type`` and a one-line reason first in ``error``. Only cancelling the calling
+        task raises (``CancelledError``); the job is then stopped.
+        """
         return await self._execute(request, job_id or new_job_id(), None)
 
     async def stream(

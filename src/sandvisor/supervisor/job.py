@@ -191,6 +191,14 @@ class JobRun:
     # -- public --------------------------------------------------------------------------------
 
     def stop(self, error_type: ErrorType, reason: str) -> None:
+        """Ask the job to stop, for ``reason`` (one line, as the response will say it).
+
+        Never blocks and never raises; safe to call at any time and more than once, also before
+        the job runs (it is then ended as soon as it is). The first reason wins: later calls
+        change nothing, so a timeout followed by a cancel still reads as a timeout. The job's
+        processes get SIGTERM, then SIGKILL after the grace period; :meth:`stopped` waits for
+        the request.
+        """
         if self._stop_reason is None:
             self._stop_reason = (error_type, reason)
         self._stop_requested.set()

@@ -82,6 +82,13 @@ class EnvInfo:
 
 
 class EnvStore:
+    """The envs of one store directory (``settings.envs_dir``), shared by every supervisor
+    process that uses it: leases, builds (one per key across processes) and GC.
+
+    ``base``: the environment envs are layered on (this interpreter's, read on first use).
+    Methods are called from one event loop; ``list``, ``gc`` and ``remove`` also from threads.
+    """
+
     def __init__(self, settings: Settings, base: BaseEnvironment | None = None) -> None:
         self.settings = settings
         self.root = settings.envs_dir
@@ -112,7 +119,17 @@ class EnvStore:
         on_log: LogFn,
         system_dependencies: list[str] | None = None,
     ) -> EnvLease:
-        """The env for these dependencies, built if missing. Raises :class:`EnvError`."""
+        """A lease on the env for ``dependencies`` (PEP 508 strings), built if missing.
+
+        ``system_dependencies`` (Debian package names) are installed first, where allowed.
+        ``on_log`` gets each line of progress (``ProgramOutput`` for uv's or apt's own lines).
+        A hit costs a file lock and a ``utime``; a miss waits for the one build of its key.
+
+        The lease keeps GC from removing the env: it must be released (``release()``, or use it
+        as a context manager) when the job is done with it. Raises :class:`EnvError`:
+        ``INVALID_REQUEST`` for refused strings or names, ``DEPENDENCY_INSTALL`` when the install
+        fails. Cancelling the call (the last one waiting for a build) stops the build.
+        """
         if system_dependencies:
             await self._system.ensure(system_dependencies, on_log)
         plan = self.plan(dependencies)
