@@ -85,6 +85,7 @@ INTERLEAVED = """
 import logging, os, subprocess, sys
 
 def main(round):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     print("1 print")
     print("2 stderr", file=sys.stderr)
     logging.info("3 info")
@@ -110,9 +111,9 @@ INTERLEAVED_STDOUT = (
 INTERLEAVED_EVENTS = [
     ("stdout", None, "1 print\n"),
     ("stderr", None, "2 stderr\n"),
-    ("log", "INFO", "3 info"),
+    ("log", "INFO", "INFO: 3 info\n"),
     ("stdout", None, "4 fd2\n5 subprocess\n6 subprocess stderr\n"),
-    ("log", "WARNING", "7 warning"),
+    ("log", "WARNING", "WARNING: 7 warning\n"),
     ("stdout", None, "8 partial "),
     ("stderr", None, "9 stderr\n"),
     ("stdout", None, "10 system\n"),
@@ -145,6 +146,9 @@ async def test_output_is_in_program_order_across_every_writer_every_time(
 
 TALKER = """
 import logging, sys
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+
 
 class Talker:
     def say(self, word):

@@ -836,6 +836,56 @@ OUTPUT_AND_LOGGING = [
         """,
     ),
     Scenario(
+        "logging_named_logger_last_resort",
+        """
+        import logging
+
+        def main():
+            logging.getLogger("app.db").error("no handler anywhere: %s", "last resort")
+            print("after")
+        """,
+    ),
+    Scenario(
+        "logging_exception_with_traceback",
+        """
+        import logging
+
+        def main():
+            logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+            try:
+                {}["missing"]
+            except KeyError:
+                logging.getLogger("job").exception("lookup failed")
+            return "handled"
+        """,
+    ),
+    Scenario(
+        "logging_dict_config_to_stdout_and_stderr",
+        """
+        import logging
+        import logging.config
+        import threading
+
+        def main():
+            logging.config.dictConfig({
+                "version": 1,
+                "formatters": {"short": {"format": "%(threadName)s %(levelname)s %(message)s"}},
+                "handlers": {
+                    "out": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                            "formatter": "short", "level": "DEBUG"},
+                    "err": {"class": "logging.StreamHandler", "formatter": "short",
+                            "level": "ERROR"},
+                },
+                "root": {"level": "DEBUG", "handlers": ["out", "err"]},
+            })
+            logging.debug("debug")
+            worker = threading.Thread(target=logging.error, args=("from a thread",), name="w1")
+            worker.start()
+            worker.join()
+            logging.info("done")
+        """,
+    ),
+    Scenario(
         "logging_info_without_config_is_hidden",
         """
         import logging

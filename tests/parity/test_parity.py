@@ -16,23 +16,9 @@ from tests.parity.scenarios import ALL
 
 from sandvisor.supervisor.core import Supervisor
 
-#: Rows that fail today for a known reason in code outside the loader; strict, so the mark
-#: must go once they pass. The job's root logger comes preset (level INFO, sandvisor's handler,
-#: records shown as "LEVEL: message"), so plain Python's defaults ("WARNING:root:...", INFO
-#: hidden) differ and ``logging.basicConfig`` in a job does nothing (sandbox_child/logs.py).
-PRESET_LOGGING = pytest.mark.xfail(
-    strict=True,
-    reason="logging: sandvisor presets the root logger, so basicConfig is a no-op (logs.py)",
-)
-XFAIL: dict[str, pytest.MarkDecorator] = {
-    "logging_unconfigured_warning": PRESET_LOGGING,
-    "logging_basic_config": PRESET_LOGGING,
-    "logging_info_without_config_is_hidden": PRESET_LOGGING,
-}
-
 
 def rows() -> list[object]:
-    return [pytest.param(s, id=s.id, marks=XFAIL.get(s.id, ())) for s in ALL]
+    return [pytest.param(s, id=s.id) for s in ALL]
 
 
 def test_the_table_is_large_and_its_ids_unique():

@@ -55,7 +55,7 @@ def encoded(segments: list[Segment]) -> bytes:
         elif stream == "stderr":
             data += b"".join(stdio.stderr_records(text.encode()))
         else:
-            data += b"".join(stdio.log_records(level or "INFO", text))
+            data += b"".join(stdio.log_records(level or "INFO", text.encode()))
     return data
 
 
@@ -99,13 +99,13 @@ def test_one_pipe_gives_back_every_stream_in_order_whatever_the_chunking(parts, 
 
 def test_a_log_record_longer_than_one_atomic_write_comes_back_whole():
     message = "é" * (3 * stdio.PAYLOAD_MAX)
-    records = list(stdio.log_records("ERROR", message))
+    records = list(stdio.log_records("ERROR", message.encode()))
     assert len(records) > 1 and all(len(record) <= stdio.RECORD_MAX for record in records)
     assert demuxed(b"".join(records), [4096]) == [("log", message, "ERROR")]
 
 
 def test_a_partial_line_goes_out_before_what_another_stream_writes_after_it():
-    data = b"step 3/5 " + b"".join(stdio.log_records("INFO", "saved"))
+    data = b"step 3/5 " + b"".join(stdio.log_records("INFO", b"saved"))
     assert OutputDemux().feed(data) == [("stdout", "step 3/5 ", None), ("log", "saved", "INFO")]
 
 
@@ -122,7 +122,7 @@ def test_the_start_of_a_record_at_the_end_of_output_is_not_lost():
 
 def test_a_run_of_nuls_is_plain_output_and_a_record_after_it_still_counts():
     zeros = b"\x00" * 10_000 + b"\x00\x1b"  # binary output, ending like the start of MAGIC
-    data = zeros + b"".join(stdio.log_records("INFO", "after")) + b"tail\n"
+    data = zeros + b"".join(stdio.log_records("INFO", b"after")) + b"tail\n"
     assert joined(demuxed(data, [333])) == [
         ("stdout", zeros.decode(), None),
         ("log", "after", "INFO"),
@@ -143,3 +143,11 @@ def test_the_output_limit_counts_bytes_of_utf8_and_keeps_characters_whole():
     kept = len(head.encode()) + len(tail.encode())
     assert buffer.dropped == buffer.total - kept
     assert f"{buffer.dropped} bytes of output dropped" in text
+
+
+def test_a_record_whose_payload_ends_like_the_start_of_a_record_is_read_once():
+    # Found by the property above: the payload's last byte was held back as the start of the
+    # next record, and came out a second time as stdout.
+    data = b"".join(stdio.stderr_records(b"\x00")) + b"".join(stdio.log_records("INFO", b"\x00"))
+    for size in (1, 2, len(data)):
+        assert joined(demuxed(data, [size])) == [("stderr", "\x00", None), ("log", "\x00", "INFO")]

@@ -44,11 +44,11 @@ def stderr_records(data: bytes) -> Iterator[bytes]:
         yield record(STDERR, data[start : start + PAYLOAD_MAX])
 
 
-def log_records(level: str, message: str) -> Iterable[bytes]:
-    """A logging record as records: one, or pieces (``l``) ending in an ``L``."""
+def log_records(level: str, body: bytes) -> Iterable[bytes]:
+    """What a logging handler wrote (``body``, as written) as records: one, or pieces (``l``)
+    ending in an ``L``."""
     head = level.encode("utf-8", "backslashreplace").replace(LEVEL_SEPARATOR, b"")[:64]
     head += LEVEL_SEPARATOR
-    body = message.encode("utf-8", "backslashreplace")
     room = PAYLOAD_MAX - len(head)
     if len(body) <= room:  # the usual case: one record
         return [record(LOG, head + body)]

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from sandvisor.protocol import stdio
+from sandvisor.sandbox_child.logs import current_level
 
 CHANNEL_FD = 3
 
@@ -159,7 +160,10 @@ class StderrRecords(io.RawIOBase):
 
     def write(self, data: Any) -> int:  # bytes-like, as io.RawIOBase.write takes
         payload = bytes(data)
-        if len(payload) <= stdio.PAYLOAD_MAX:  # the usual case: one record, no generator
+        level = current_level()
+        if level is not None:  # a logging handler's line: the same text, marked with its level
+            stdio.write_records(self._fd, stdio.log_records(level, payload))
+        elif len(payload) <= stdio.PAYLOAD_MAX:  # the usual case: one record, no generator
             stdio.write_records(self._fd, (stdio.record(stdio.STDERR, payload),))
         else:
             stdio.write_records(self._fd, stdio.stderr_records(payload))

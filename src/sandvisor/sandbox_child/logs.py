@@ -1,55 +1,42 @@
-"""Logging records of user code go to the job's output, in program order, with their level.
+"""Logging in a job is plain Python's logging; what its handlers write to stderr keeps its level.
 
-Each record is written to fd 2 (where ``logging`` writes under plain Python) as log records of
-``protocol.stdio``, at once and in single atomic writes: it lands in the one output pipe between
-what was printed before and after it, and the supervisor reads its level back.
+The root logger is left as plain Python leaves it (no handler, level WARNING), so a job's
+``logging.basicConfig``, its handlers, formats and levels behave exactly as under ``python``,
+and ``logging.info`` without configuration is hidden as it is there. The one addition: while a
+handler handles a record, :func:`current_level` names the record's level, and ``sys.stderr``
+(``isolation.StderrRecords``) writes what it is given then as a log record of that level
+(``protocol.stdio``): the same text in the same place of the output, and the supervisor's events
+still say which lines were logging and at what level.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-from sandvisor.protocol import stdio
-
-#: The descriptor records go to: stderr, which shares its pipe with stdout.
-LOG_FD = 2
-
-
-class RecordWriter(logging.Handler):
-    """Writes each record to ``fd`` as it is emitted; nothing is buffered in the process."""
-
-    def __init__(self, fd: int = LOG_FD) -> None:
-        super().__init__()
-        self._fd = fd
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-            stdio.write_records(self._fd, stdio.log_records(record.levelname, text))
-        except Exception:
-            self.handleError(record)
+_state = threading.local()
+_plain_handle = logging.Handler.handle
 
 
-#: A handler a template made before forking (:func:`prepare`); the job it forks only attaches it.
-_prepared: RecordWriter | None = None
+def current_level() -> str | None:
+    """The level name of the record a handler of this thread is handling, else None."""
+    return getattr(_state, "level", None)
 
 
-def prepare() -> None:
-    """Build the handler now, in a template: a forked job would pay for it in page copies.
+def _handle(self: logging.Handler, record: logging.LogRecord) -> Any:
+    outer = current_level()  # a handler may log while it handles (handleError, a nested logger)
+    _state.level = record.levelname
+    try:
+        return _plain_handle(self, record)
+    finally:
+        _state.level = outer
 
-    It is not attached to anything until a job installs it, in its own child.
+
+def mark_levels() -> None:
+    """Make every handler's output carry its record's level (idempotent).
+
+    Done in the template, before it forks, so no job pays for it; a spawned job does it itself.
+    A handler class that overrides ``handle`` is not seen: its lines are plain stderr.
     """
-    global _prepared
-    _prepared = RecordWriter()
-
-
-def install_log_forwarding() -> None:
-    """Root logger to INFO through our handler, so ``logging.info`` in a job is seen, as users expect."""
-    global _prepared
-    handler, _prepared = _prepared or RecordWriter(), None
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    logging.Handler.handle = _handle  # type: ignore[method-assign]

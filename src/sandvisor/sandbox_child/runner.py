@@ -27,7 +27,7 @@ import cloudpickle
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
 from sandvisor.sandbox_child import isolation
 from sandvisor.sandbox_child.channel import Channel
-from sandvisor.sandbox_child.logs import install_log_forwarding
+from sandvisor.sandbox_child.logs import mark_levels
 from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir, write_job_source
 
 #: Exit status of a child whose protocol channel broke (EX_SOFTWARE); the supervisor says "lost".
@@ -348,13 +348,13 @@ def exit_code_of(exc: SystemExit) -> int:
 def prepare_streams() -> Channel:
     """What a job child sets up before it knows its job, done ahead of it by a spare.
 
-    Unbuffered streams on fds 1 and 2, and logging records written to fd 2: all name
+    Unbuffered streams on fds 1 and 2 (logging's lines to stderr keep their level): all name
     descriptors, not what is behind them, and ``install_descriptors`` later puts the job's own
     output pipe there. The channel is the one the job then speaks on.
     """
     isolation.stand_in_stdio()
     isolation.unbuffered_stdio()
-    install_log_forwarding()
+    mark_levels()
     return Channel(isolation.CHANNEL_FD)
 
 
@@ -375,7 +375,7 @@ def run_job(
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
         if channel is not prepared:
             isolation.unbuffered_stdio()
-            install_log_forwarding()
+            mark_levels()
         if job.get("actor"):
             # Imported here: the actor loop builds on this module.
             from sandvisor.sandbox_child.actor import serve_actor

@@ -266,7 +266,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     become_subreaper()
     failed = preload(preloads)
     template = Template(control)
-    logs.prepare()
+    logs.mark_levels()
     freeze_heap()
     template.ensure_spare()  # after the freeze, so it shares the frozen heap; ``ready`` names it
     template.send(

@@ -32,12 +32,8 @@ class LogEvent:
 
     def as_output(self) -> str:
         """The text as it goes into the response's ``stdout``."""
-        if self.stream == "log":
-            return (
-                f"{self.level}: {self.text}\n"
-                if not self.text.endswith("\n")
-                else f"{self.level}: {self.text}"
-            )
+        if self.stream == "log":  # as the job's handler (or an installer) wrote it
+            return self.text if self.text.endswith("\n") else f"{self.text}\n"
         if self.stream == "system":
             return (
                 f"{SYSTEM_PREFIX}{self.text}"

@@ -73,7 +73,9 @@ class OutputDemux:
         while True:
             at = stdio.find_magic(buffer, position)
             if at < 0:
-                end = len(buffer) - stdio.magic_prefix_at_end(buffer)
+                # What may start a record is held back, but never bytes already read: a record's
+                # payload can end like the start of MAGIC.
+                end = max(position, len(buffer) - stdio.magic_prefix_at_end(buffer))
                 self._text(
                     "stdout",
                     buffer if position == 0 and end == len(buffer) else buffer[position:end],
