@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from tests.helpers import function_request
+from tests.helpers import eventually, function_request
 
 from sandvisor.protocol.messages import SPARE_NAME
 from sandvisor.supervisor.core import Supervisor
@@ -67,4 +67,5 @@ async def test_a_job_named_spare_is_not_taken_for_a_spare(supervisor: Supervisor
     templates = supervisor.templates
     assert templates is not None
     spares = [t.spare for t in templates.running.values() if t.spare is not None]
-    assert all(psutil.Process(pid).name() == SPARE_NAME for pid in spares)
+    # The next spare is forked after the answer and names itself a moment later.
+    assert await eventually(lambda: all(psutil.Process(p).name() == SPARE_NAME for p in spares))
