@@ -10,9 +10,7 @@ from tests.integration.envs_helpers import StallingIndex
 
 
 @pytest.fixture
-def stalling(
-    wheelhouse: Path, offline_uv: Callable[[Path | str], None]
-) -> Iterator[StallingIndex]:
+def stalling(wheelhouse: Path, offline_uv: Callable[[Path | str], None]) -> Iterator[StallingIndex]:
     """An index that holds back its wheel until released: a build that can be caught midway."""
     index = StallingIndex(wheelhouse)
     with index.running():

@@ -76,7 +76,11 @@ async def test_a_spare_made_its_streams_ahead_and_the_job_output_arrives_through
         "same_objects": True,
     }
     seen = {(event.stream, event.text.strip()) for event in events}
-    assert {("stdout", "to stdout"), ("stderr", "to stderr"), ("log", "WARNING:root:a record")} <= seen
+    assert {
+        ("stdout", "to stdout"),
+        ("stderr", "to stderr"),
+        ("log", "WARNING:root:a record"),
+    } <= seen
 
 
 async def test_a_spare_that_died_is_replaced_without_failing_a_job(sup: Supervisor) -> None:
