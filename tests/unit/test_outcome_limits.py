@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT
 from sandvisor.protocol.models import ErrorType, RequestLimits
-from sandvisor.sandbox_child.runner import CHANNEL_BROKEN_EXIT
 from sandvisor.supervisor.limits import MIB, Limits
 from sandvisor.supervisor.outcome import Report, classify
 from sandvisor.supervisor.process import ExitInfo

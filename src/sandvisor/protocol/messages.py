@@ -1,6 +1,12 @@
-"""Marks both sides put on processes: the job variable and the process-name prefixes.
+"""The wire vocabulary both sides speak: frame kinds, template commands, fds, exit codes, marks.
 
-Stdlib only, no imports at all: the child runtime (templates, spares) reads these at startup.
+Stdlib only, no imports at all: the child runtime (templates, spares, job children) reads these
+at startup, and must start fast inside any user venv. The supervisor takes every one of these from
+here, never from ``sandbox_child``, so neither side can drift from the other.
+
+Frames (``protocol/frames.py``) are msgpack maps whose :data:`KIND` key names their kind
+(:class:`FrameKind`). A job child's channel is :data:`CHANNEL_FD`; a warm template's control
+socket carries one-byte commands (:data:`COMMAND_FORK`, :data:`COMMAND_PING`) and its replies.
 
 Process names (``/proc/<pid>/comm``, 15 bytes at most) live in two disjoint spaces, told apart
 by their prefix, so no job id can make a job's processes pass for a spare or the reverse:
@@ -15,6 +21,63 @@ that survives an exec and holds the whole id.
 """
 
 from __future__ import annotations
+
+#: The key of every frame that names its kind (a :class:`FrameKind` value).
+KIND = "t"
+
+
+class FrameKind:
+    """Every frame kind, by who sends it; the comment lists the kind's other fields.
+
+    Plain strings, not an enum: msgpack packs them as they are, and the child imports no enum.
+    """
+
+    # Supervisor -> job child, on the job channel.
+    #: job_id, comm, request, module, sys_path, workdir, env (or env_set and env_unset: the
+    #: changes from the template's environment), rlimits, max_result_bytes, oom_score_adj,
+    #: display, and actor (true for a class instance's long-lived process).
+    JOB = "job"
+    #: seq, method_name, args, kwargs, serialization_format, max_result_bytes, display.
+    CALL = "call"
+
+    # Job child -> supervisor, on the job channel.
+    #: ts (the child's wall clock), and seq in an actor.
+    RUNNING = "running"
+    #: fields (result or json_result), display when asked; seq and info in an actor.
+    RESULT = "result"
+    #: kind, summary, detail; seq (for a call) and info in an actor.
+    ERROR = "error"
+    #: ts, info: an actor constructed its instance and waits for calls.
+    CREATED = "created"
+
+    # Template -> supervisor, on the control socket.
+    #: pid, python, preloaded, preload_failed, cuda_initialized, environ, spare (its pid or None).
+    READY = "ready"
+    #: pid: the job child that took the descriptors of one fork command, in command order.
+    FORKED = "forked"
+    #: error: a fork command that started no child.
+    FORK_FAILED = "fork_failed"
+    #: pid: the spare the next job will get.
+    SPARE = "spare"
+    #: pid, status (as from wait), maxrss_kb, utime, stime: a job child the template reaped.
+    EXIT = "exit"
+    #: ts, live (how many job children it watches): the answer to a ping.
+    PONG = "pong"
+
+
+#: The descriptor a job child speaks its channel on (0, 1 and 2 are stdin, stdout and stderr).
+CHANNEL_FD = 3
+#: Exit status of a child whose protocol channel broke (EX_SOFTWARE); the supervisor says "lost".
+CHANNEL_BROKEN_EXIT = 70
+
+#: Supervisor -> template: fork a job child; three descriptors attached (channel, stdout, stderr).
+COMMAND_FORK = b"F"
+#: Supervisor -> template: answer with a ``pong`` frame.
+COMMAND_PING = b"P"
+#: Template -> spare: run this job; its three descriptors attached, as with COMMAND_FORK.
+ASSIGN_JOB = b"J"
+#: How many descriptors a fork command (and a job's assignment) carries.
+JOB_FDS = 3
 
 #: Every job child gets this variable; descendants that detach keep it across exec.
 JOB_ENV_VAR = "SANDVISOR_JOB_ID"

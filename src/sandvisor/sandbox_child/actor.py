@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from sandvisor.protocol.frames import EndOfStream
+from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.sandbox_child.channel import Channel
 from sandvisor.sandbox_child.runner import (
     JobFailure,
@@ -83,7 +84,7 @@ class Actor:
             self.send_failure(failure, {})
             return False
         flush_all_output()
-        self.channel.send({"t": "created", "ts": time.time(), "info": instance_info()})
+        self.channel.send({KIND: FrameKind.CREATED, "ts": time.time(), "info": instance_info()})
         return True
 
     def serve(self) -> None:
@@ -92,7 +93,7 @@ class Actor:
                 frame = self.channel.receive()
             except EndOfStream:
                 return  # the supervisor stops us by closing the channel
-            if frame.get("t") == "call":
+            if frame.get(KIND) == FrameKind.CALL:
                 self.answer(frame)
 
     def answer(self, frame: dict[str, Any]) -> None:
@@ -103,7 +104,7 @@ class Actor:
             args, kwargs = decode_or_fail(
                 frame.get("args", []), frame.get("kwargs", {}), fmt, "args"
             )
-            self.channel.send({"t": "running", "ts": time.time(), "seq": seq})
+            self.channel.send({KIND: FrameKind.RUNNING, "ts": time.time(), "seq": seq})
             value = call(method, args, kwargs, self.user_files, self.loop)
             fields = result_fields(value, fmt, frame.get("max_result_bytes"))
         except JobFailure as failure:
@@ -111,7 +112,7 @@ class Actor:
             return
         flush_all_output()
         reply: dict[str, Any] = {
-            "t": "result",
+            KIND: FrameKind.RESULT,
             "seq": seq,
             "fields": fields,
             "info": instance_info(),
@@ -124,7 +125,7 @@ class Actor:
         flush_all_output()
         self.channel.send(
             {
-                "t": "error",
+                KIND: FrameKind.ERROR,
                 "kind": failure.kind,
                 "summary": failure.summary,
                 "detail": failure.detail,

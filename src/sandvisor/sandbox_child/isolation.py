@@ -12,9 +12,8 @@ import sys
 from typing import Any
 
 from sandvisor.protocol import stdio
+from sandvisor.protocol.messages import CHANNEL_FD
 from sandvisor.sandbox_child.logs import current_level
-
-CHANNEL_FD = 3
 
 
 def own_session() -> None:

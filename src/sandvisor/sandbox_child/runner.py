@@ -25,13 +25,11 @@ from typing import Any
 import cloudpickle
 
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
+from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD, KIND, FrameKind
 from sandvisor.sandbox_child import isolation
 from sandvisor.sandbox_child.channel import Channel
 from sandvisor.sandbox_child.logs import mark_levels
 from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir, write_job_source
-
-#: Exit status of a child whose protocol channel broke (EX_SOFTWARE); the supervisor says "lost".
-CHANNEL_BROKEN_EXIT = 70
 
 
 class JobFailure(Exception):
@@ -298,14 +296,14 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
         args, kwargs = decode_or_fail(
             request.get("args", []), request.get("kwargs", {}), fmt, "args"
         )
-        channel.send({"t": "running", "ts": time.time()})
+        channel.send({KIND: FrameKind.RUNNING, "ts": time.time()})
         value = call(function, args, kwargs, user_files)
         fields = result_fields(value, fmt, job.get("max_result_bytes"))
     except JobFailure as failure:
         report_failure(channel, failure)
         return
     flush_stdio()
-    frame: dict[str, Any] = {"t": "result", "fields": fields}
+    frame: dict[str, Any] = {KIND: FrameKind.RESULT, "fields": fields}
     if job.get("display"):
         frame["display"] = display_of(value)
     channel.send(frame)
@@ -323,7 +321,12 @@ def enter_job_workdir(job: dict[str, Any]) -> None:
 def report_failure(channel: Channel, failure: JobFailure) -> None:
     flush_stdio()
     channel.send(
-        {"t": "error", "kind": failure.kind, "summary": failure.summary, "detail": failure.detail}
+        {
+            KIND: FrameKind.ERROR,
+            "kind": failure.kind,
+            "summary": failure.summary,
+            "detail": failure.detail,
+        }
     )
 
 
@@ -355,7 +358,7 @@ def prepare_streams() -> Channel:
     isolation.stand_in_stdio()
     isolation.unbuffered_stdio()
     mark_levels()
-    return Channel(isolation.CHANNEL_FD)
+    return Channel(CHANNEL_FD)
 
 
 def run_job(

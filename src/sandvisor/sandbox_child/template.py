@@ -35,7 +35,15 @@ from typing import Any
 
 from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.frames import encode_frame
-from sandvisor.protocol.messages import SPARE_NAME
+from sandvisor.protocol.messages import (
+    ASSIGN_JOB,
+    COMMAND_FORK,
+    COMMAND_PING,
+    JOB_FDS,
+    KIND,
+    SPARE_NAME,
+    FrameKind,
+)
 from sandvisor.sandbox_child import logs
 from sandvisor.sandbox_child.isolation import (
     close_other_fds,
@@ -44,11 +52,6 @@ from sandvisor.sandbox_child.isolation import (
     reset_signals,
 )
 from sandvisor.sandbox_child.runner import prepare_streams, run_job
-
-COMMAND_FORK = b"F"
-COMMAND_PING = b"P"
-#: What the template sends a spare, with a job's three descriptors attached.
-ASSIGN_JOB = b"J"
 
 
 def preload(modules: list[str]) -> dict[str, str]:
@@ -101,9 +104,9 @@ def wait_as_spare(sock: socket.socket) -> None:
         gc.enable()
         close_other_fds(keep=sock.fileno())
         channel = prepare_streams()
-        message, fds, _, _ = socket.recv_fds(sock, 1, 3)
+        message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())
-        if message == ASSIGN_JOB and len(fds) == 3:
+        if message == ASSIGN_JOB and len(fds) == JOB_FDS:
             run_job(*fds, prepared=channel)  # never returns
     except BaseException:
         code = 1
@@ -139,18 +142,23 @@ class Template:
                     return
 
     def _on_command(self) -> bool:
-        message, fds, _, _ = socket.recv_fds(self.control, 1, 3)
+        message, fds, _, _ = socket.recv_fds(self.control, 1, JOB_FDS)
         if not message:
             self.kill_jobs()
             return False
         if message == COMMAND_PING:
-            self.send({"t": "pong", "ts": time.time(), "live": len(self.live)})
-        elif message == COMMAND_FORK and len(fds) == 3:
+            self.send({KIND: FrameKind.PONG, "ts": time.time(), "live": len(self.live)})
+        elif message == COMMAND_FORK and len(fds) == JOB_FDS:
             self._start_job(*fds)
         else:
             for fd in fds:
                 os.close(fd)
-            self.send({"t": "fork_failed", "error": f"bad command {message!r} with {len(fds)} fds"})
+            self.send(
+                {
+                    KIND: FrameKind.FORK_FAILED,
+                    "error": f"bad command {message!r} with {len(fds)} fds",
+                }
+            )
         return True
 
     def _start_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
@@ -162,10 +170,10 @@ class Template:
             for fd in fds:
                 os.close(fd)
         if pid is None:
-            self.send({"t": "fork_failed", "error": f"fork: {self._fork_error}"})
+            self.send({KIND: FrameKind.FORK_FAILED, "error": f"fork: {self._fork_error}"})
             return
         self.live.add(pid)
-        self.send({"t": "forked", "pid": pid})
+        self.send({KIND: FrameKind.FORKED, "pid": pid})
         self.fork_spare()  # after the answer: the job never waits for the next job's fork
 
     def _hand_to_spare(self, fds: tuple[int, int, int]) -> int | None:
@@ -187,7 +195,7 @@ class Template:
     def fork_spare(self) -> None:
         """Fork the spare the next job will get, unless there is one; the supervisor hears of it."""
         if self.ensure_spare() and self.spare is not None:
-            self.send({"t": "spare", "pid": self.spare.pid})
+            self.send({KIND: FrameKind.SPARE, "pid": self.spare.pid})
 
     def ensure_spare(self) -> bool:
         """Fork a spare unless there is one; whether it forked one now."""
@@ -227,7 +235,7 @@ class Template:
                 self.live.discard(pid)
                 self.send(
                     {
-                        "t": "exit",
+                        KIND: FrameKind.EXIT,
                         "pid": pid,
                         "status": status,
                         "maxrss_kb": usage.ru_maxrss,
@@ -271,7 +279,7 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     template.ensure_spare()  # after the freeze, so it shares the frozen heap; ``ready`` names it
     template.send(
         {
-            "t": "ready",
+            KIND: FrameKind.READY,
             "pid": os.getpid(),
             "python": sys.executable,
             "preloaded": [name for name in preloads if name not in failed],

@@ -16,8 +16,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD
 from sandvisor.protocol.models import ErrorType, FunctionResponse
-from sandvisor.sandbox_child.runner import CHANNEL_BROKEN_EXIT
 from sandvisor.supervisor.errors import SandvisorError
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.oom import cgroup_memory_limit
@@ -145,7 +145,7 @@ def _from_exit(report: Report) -> FunctionResponse:
         return failure(
             ErrorType.LOST,
             f"lost: the job's protocol channel broke before it answered{after}"
-            " (did the job close or write to file descriptor 3?)",
+            f" (did the job close or write to file descriptor {CHANNEL_FD}?)",
             **exit_fields(exit_info),
         )
     detail = f"the protocol channel broke: {report.channel_error}" if report.channel_error else ""
