@@ -17,6 +17,8 @@ from typing import Any
 
 import msgpack
 
+from sandvisor.protocol.messages import KIND
+
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 
@@ -36,13 +38,13 @@ def encode_frame(frame: Frame) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Frame:
+def decode_body(body: bytes | memoryview) -> Frame:
     try:
         frame = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:
         raise FrameError(f"frame body is not valid msgpack ({type(exc).__name__})") from exc
-    if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
-        raise FrameError(f"frame is not a map with a string 't' (got {type(frame).__name__})")
+    if not isinstance(frame, dict) or not isinstance(frame.get(KIND), str):
+        raise FrameError(f"frame is not a map with a string {KIND!r} (got {type(frame).__name__})")
     return frame
 
 
@@ -52,7 +54,11 @@ def check_length(length: int, max_frame_bytes: int) -> None:
 
 
 class FrameDecoder:
-    """Incremental decoder for bytes arriving in arbitrary chunks (the supervisor's side)."""
+    """Incremental decoder for bytes arriving in arbitrary chunks: the supervisor's one reader.
+
+    Fed whatever a pipe gave (``feed``), or exactly what it asks for (``wanted``), which is how
+    ``supervisor.channel.read_frame_async`` reads one frame at a time from a stream.
+    """
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._max = max_frame_bytes
@@ -68,20 +74,45 @@ class FrameDecoder:
         """
         self._buffer += data
         frames: list[Frame] = []
-        while len(self._buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buffer)
-            check_length(length, self._max)
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            frames.append(decode_body(bytes(self._buffer[HEADER.size : end])))
-            del self._buffer[:end]
+        start = 0
+        # Bodies are decoded in place (a frame may be hundreds of MiB: no copy of it), and the
+        # decoded bytes are dropped once, after the view is released.
+        with memoryview(self._buffer) as view:
+            while len(view) - start >= HEADER.size:
+                (length,) = HEADER.unpack_from(view, start)
+                check_length(length, self._max)
+                end = start + HEADER.size + length
+                if len(view) < end:
+                    break
+                frames.append(decode_body(view[start + HEADER.size : end]))
+                start = end
+        del self._buffer[:start]
         return frames
+
+    def wanted(self) -> int:
+        """How many more bytes complete the next header, or else the frame it announced.
+
+        A reader that feeds exactly this many at a time never reads past the frame it is on, so
+        what follows that frame stays in the stream for the next reader.
+        """
+        if len(self._buffer) < HEADER.size:
+            return HEADER.size - len(self._buffer)
+        (length,) = HEADER.unpack_from(self._buffer)
+        return HEADER.size + length - len(self._buffer)
 
     def close(self) -> None:
         """Call at end of stream: raises if it ended inside a frame."""
-        if self._buffer:
-            raise FrameError(f"end of stream inside a frame ({len(self._buffer)} bytes pending)")
+        pending = len(self._buffer)
+        if not pending:
+            return
+        if pending < HEADER.size:
+            raise FrameError(
+                f"end of stream inside a frame header ({pending} of {HEADER.size} bytes)"
+            )
+        (length,) = HEADER.unpack_from(self._buffer)
+        raise FrameError(
+            f"end of stream inside a frame ({pending - HEADER.size} of {length} bytes)"
+        )
 
 
 def _read_exactly(fd: int, size: int, at_boundary: bool) -> bytes:
