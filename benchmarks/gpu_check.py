@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandvisor.protocol.frames import EndOfStream, read_frame
+from sandvisor.protocol.models import FunctionRequest
 from sandvisor.supervisor.job import JobSpec
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.process import JobPipes
@@ -49,7 +50,7 @@ def job_spec(python: str, request: dict[str, Any], env: dict[str, str], workdir:
     limits = Limits.resolve(Settings.from_env(environ={}, gpus=""), gpus_available=1)
     return JobSpec(
         job_id=workdir.name,
-        request=request,
+        request=FunctionRequest.model_validate(request),
         python=python,
         workdir=workdir,
         env=env,

@@ -1,6 +1,7 @@
 """The Supervisor: takes FunctionRequests, runs each in its own child, answers FunctionResponses.
 
-    request (dict or model) -> validate -> limits -> environment -> JobRun -> FunctionResponse
+    request (dict or model) -> validate -> limits -> environment -> JobRun or instance call
+      -> FunctionResponse
 
 Every request gets a response: bad input, a failed install, a crashed child and a bug of ours
 all come back as ``success: false`` with a one-line reason first. Nothing a job does can raise
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.cleanup import DirRemover
+from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease, EnvStore
 from sandvisor.supervisor.errors import InvalidRequest, SandvisorError
 from sandvisor.supervisor.events import LogEvent
@@ -103,7 +105,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
-        self._jobs: dict[str, JobRun] = {}
+        self._jobs: dict[str, JobContext] = {}
         self._templates: TemplatePool | None = None
         self._base_env: dict[str, str] = {}
         self._workdirs = DirRemover()
@@ -227,7 +229,7 @@ class Supervisor:
         except SandvisorError as exc:
             return failed(exc)
         # Registered before the first await: the id check above and this are one step.
-        run = JobRun(spec, self._templates, on_event, self.gpus)
+        run = JobContext(spec, on_event)
         self._jobs[job_id] = run
         try:
             lease = await self._environment(run, parsed)
@@ -237,8 +239,8 @@ class Supervisor:
                 spec.python = str(lease.python)
                 spec.env = lease.environ(spec.env)
                 if parsed.execution_type == "class" and self.instances is not None:
-                    return await self.instances.call(run, limits)
-                return await run.execute()
+                    return await self.instances.call(run, limits, lease)
+                return await JobRun(run, self._templates, self.gpus).execute()
         except asyncio.CancelledError:
             raise
         except SandvisorError as exc:  # the environment could not be had
@@ -256,7 +258,7 @@ class Supervisor:
             self._schedule_cleanup(spec.workdir)
 
     async def _environment(
-        self, run: JobRun, request: FunctionRequest
+        self, run: JobContext, request: FunctionRequest
     ) -> EnvLease | FunctionResponse:
         """The job's env lease, or a failure response when the job was stopped while waiting.
 
@@ -273,7 +275,7 @@ class Supervisor:
         return lease
 
     async def _build_environment(
-        self, run: JobRun, request: FunctionRequest
+        self, run: JobContext, request: FunctionRequest
     ) -> EnvLease | FunctionResponse:
         """Build (or wait for) the env, its install output live in the job's events."""
         lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -321,7 +323,7 @@ class Supervisor:
             deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code
         return JobSpec(
             job_id=job_id,
-            request=request.model_dump(),
+            request=request,
             python=sys.executable,
             # Its own dir per run, not per id: the dir of an earlier job of this id may still be
             # queued for removal (see cleanup.py), which would take this job's with it.

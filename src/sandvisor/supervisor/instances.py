@@ -25,16 +25,13 @@ import dataclasses
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.actor_process import ActorProcess, Exchange
+from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease, EnvStore
-from sandvisor.supervisor.errors import EnvError
-from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
-from sandvisor.supervisor.job import JobRun
+from sandvisor.supervisor.gpus import GpuPool, gpu_memory_by_pid
+from sandvisor.supervisor.instance import Instance, new_instance_id, now_iso, refused
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.outcome import Report
 from sandvisor.supervisor.proctree import JOB_ENV_VAR
@@ -46,53 +43,6 @@ log = logging.getLogger(__name__)
 #: Ids of instances that are gone, kept to say why when a caller asks for one again.
 GONE_MEMORY = 4096
 NOT_HERE = "is not on this worker (new here, or it lived on another one)"
-
-
-def new_instance_id(class_name: str) -> str:
-    return f"{class_name}_{uuid.uuid4().hex[:8]}"
-
-
-def refused(exchange: Exchange) -> bool:
-    """The actor answered that the request itself is invalid (not that the method failed)."""
-    error = exchange.report.error
-    return error is not None and error.get("kind") == ErrorType.INVALID_REQUEST.value
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-@dataclass(eq=False)
-class Instance:
-    """One instance id's actor and its bookkeeping."""
-
-    instance_id: str
-    class_name: str
-    actor: ActorProcess
-    limits: Limits  # the creating request's: memory, processes and CPU hold for the actor's life
-    lease: EnvLease | None = None
-    gpu_lease: GpuLease | None = None  # held for the actor's life: its CUDA state lives on them
-    created_at: str = field(default_factory=now_iso)
-    last_used: str = field(default_factory=now_iso)
-    last_used_at: float = field(default_factory=time.monotonic)
-    method_calls: int = 0
-    pending: int = 0  # calls queued or running
-    started: bool = False
-    retired: bool = False  # takes no new calls; stops when its queue is empty
-    gone: str | None = None  # why its actor is no longer usable
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: calls run in arrival order
-
-    def info(self, answer: dict[str, Any], recreated: bool) -> dict[str, Any]:
-        return {
-            "class_name": self.class_name,
-            "created_at": self.created_at,
-            "method_calls": self.method_calls,
-            "last_used": self.last_used,
-            "pid": answer.get("pid", self.actor.pid),
-            "memory": answer.get("memory"),
-            "recreated": recreated,
-            "alive": self.gone is None,
-        }
 
 
 class InstanceRegistry:
@@ -135,22 +85,26 @@ class InstanceRegistry:
         """Instance id -> actor pid, for status and tests."""
         return {key: instance.actor.pid for key, instance in self._live.items()}
 
-    async def call(self, run: JobRun, limits: Limits) -> FunctionResponse:
-        """Run the request's method on its instance, creating the instance when needed."""
+    async def call(self, run: JobContext, limits: Limits, lease: EnvLease) -> FunctionResponse:
+        """Run the request's method on its instance, creating the instance when needed.
+
+        ``lease``: the request's env, leased by the core; a new instance takes a lease of its
+        own on that env for its actor's life.
+        """
         request = run.spec.request
-        class_name = str(request["class_name"])
-        asked_id = request.get("instance_id")
+        class_name = str(request.class_name)
+        asked_id = request.instance_id
         instance_id = asked_id or new_instance_id(class_name)
         instance = self._live.get(instance_id)
-        if instance is not None and request.get("create_new_instance", True):
+        if instance is not None and request.create_new_instance:
             self._retire(instance, "was replaced by a request with create_new_instance")
             instance = None
-        expected = bool(asked_id) and not request.get("create_new_instance", True)
+        expected = bool(asked_id) and not request.create_new_instance
         while True:
             why_new = None
             if instance is None:
                 why_new = self._gone.get(instance_id, NOT_HERE) if expected else ""
-                instance = self._add(instance_id, class_name, run, limits)
+                instance = self._add(instance_id, class_name, run, limits, lease)
             instance.pending += 1
             self._live.move_to_end(instance_id)
             self._trim()
@@ -173,7 +127,7 @@ class InstanceRegistry:
     # -- one call ------------------------------------------------------------------------------
 
     @staticmethod
-    async def _turn(instance: Instance, run: JobRun) -> tuple[ErrorType, str] | None:
+    async def _turn(instance: Instance, run: JobContext) -> tuple[ErrorType, str] | None:
         """Wait for the instance's lock (then held), or for the call to be stopped (its reason).
 
         A call cancelled while it waits its turn is answered at once and never reaches the
@@ -197,7 +151,7 @@ class InstanceRegistry:
 
     @staticmethod
     def _not_run(
-        run: JobRun, instance: Instance, stopped: tuple[ErrorType, str]
+        run: JobContext, instance: Instance, stopped: tuple[ErrorType, str]
     ) -> FunctionResponse:
         response = run.respond(Report(stopped=stopped))
         info = instance.info({}, recreated=False)
@@ -206,7 +160,7 @@ class InstanceRegistry:
         )
 
     async def _run_call(
-        self, instance: Instance, run: JobRun, limits: Limits, why_new: str | None
+        self, instance: Instance, run: JobContext, limits: Limits, why_new: str | None
     ) -> FunctionResponse:
         started = time.monotonic()
         run.timings.launched = started
@@ -225,9 +179,7 @@ class InstanceRegistry:
                 run.retried = instance.actor.retried_on_spawn
                 if exchange.answer != "created":  # it raised, died or was stopped: never was
                     return self._not_created(run, instance, exchange)
-            exchange = await instance.actor.call(
-                run.spec.request, run, actor_limits, started, run.stopped, display=run.spec.display
-            )
+            exchange = await instance.actor.call(run.spec, run, actor_limits, started, run.stopped)
         except BaseException as exc:  # cancelled mid-call, or the actor could not start
             self._lose(instance, f"its call was interrupted ({type(exc).__name__})")
             raise
@@ -238,7 +190,9 @@ class InstanceRegistry:
         instance.method_calls += 1
         return await self._respond(run, instance, exchange, recreated)
 
-    def _not_created(self, run: JobRun, instance: Instance, exchange: Exchange) -> FunctionResponse:
+    def _not_created(
+        self, run: JobContext, instance: Instance, exchange: Exchange
+    ) -> FunctionResponse:
         """The answer for a request whose instance never came to be: no instance id, no info."""
         self._drop(instance)
         self._note_times(run, instance, exchange)
@@ -254,7 +208,7 @@ class InstanceRegistry:
             del self._live[instance.instance_id]
 
     async def _hold_gpus(
-        self, instance: Instance, run: JobRun, limits: Limits
+        self, instance: Instance, run: JobContext, limits: Limits
     ) -> tuple[ErrorType, str] | None:
         """GPUs for the actor's life, waited for in turn; the stop reason if stopped meanwhile.
 
@@ -289,7 +243,7 @@ class InstanceRegistry:
                 self._retire(instance, "was stopped to free its GPU(s) for another job")
                 freeing += len(held)
 
-    async def _say_created(self, run: JobRun, instance: Instance, why_new: str | None) -> None:
+    async def _say_created(self, run: JobContext, instance: Instance, why_new: str | None) -> None:
         key = instance.instance_id
         if why_new:
             await run.say(
@@ -308,14 +262,14 @@ class InstanceRegistry:
         )
 
     @staticmethod
-    def _note_times(run: JobRun, instance: Instance, exchange: Exchange) -> None:
+    def _note_times(run: JobContext, instance: Instance, exchange: Exchange) -> None:
         run.timings.running = exchange.running_at
         run.timings.finished = time.monotonic()
         instance.last_used = now_iso()
         instance.last_used_at = time.monotonic()
 
     async def _respond(
-        self, run: JobRun, instance: Instance, exchange: Exchange, recreated: bool
+        self, run: JobContext, instance: Instance, exchange: Exchange, recreated: bool
     ) -> FunctionResponse:
         self._note_times(run, instance, exchange)
         lost_now = exchange.answer is None or (instance.gone is None and not instance.actor.alive)
@@ -341,7 +295,9 @@ class InstanceRegistry:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _add(self, instance_id: str, class_name: str, run: JobRun, limits: Limits) -> Instance:
+    def _add(
+        self, instance_id: str, class_name: str, run: JobContext, limits: Limits, lease: EnvLease
+    ) -> Instance:
         actor_job = "i" + uuid.uuid4().hex[:15]
         spec = dataclasses.replace(
             run.spec,
@@ -355,23 +311,15 @@ class InstanceRegistry:
             spec,
             self._templates,
             max_result_bytes=self._settings.max_result_bytes,
-            watch_interval_s=self._settings.watch_interval_s,
             on_exit=self._on_actor_exit,
         )
-        instance = Instance(instance_id, class_name, actor, limits, self._lease(run))
+        # A lease of its own on the env, so that GC leaves it alone while the actor lives.
+        own_lease = self._envs.lease_again(lease) if self._envs is not None else None
+        instance = Instance(instance_id, class_name, actor, limits, own_lease)
         self._live[instance_id] = instance
         self._all.add(instance)
         self._gone.pop(instance_id, None)
         return instance
-
-    def _lease(self, run: JobRun) -> EnvLease | None:
-        """A lease of its own on the env, so that GC leaves it alone while the actor lives."""
-        if self._envs is None:
-            return None
-        try:
-            return self._envs.lease_if_ready(run.spec.request.get("dependencies"))
-        except EnvError:
-            return None
 
     def _trim(self) -> None:
         """Over the bound: stop least recently used idle instances."""

@@ -119,12 +119,9 @@ async def wait_for_exit(pid: int) -> ExitInfo | None:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return _reap(pid, blocking=True)
-    ended = loop.create_future()
-    loop.add_reader(pidfd, lambda: ended.done() or ended.set_result(None))
     try:
-        await ended
+        await readable(loop, pidfd)  # a pidfd reads as ready when its process has exited
     finally:
-        loop.remove_reader(pidfd)
         os.close(pidfd)
     return _reap(pid, blocking=True)
 
@@ -146,3 +143,14 @@ def kill_group(pid: int, signum: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` is ready to read: a non-blocking pipe has data or its end, a pidfd's
+    process has exited."""
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)

@@ -157,6 +157,13 @@ class EnvStore:
             return EnvLease(key=None, python=Path(sys.executable), extra_env=self._extra_env())
         return self._try_lease(plan.key)
 
+    def lease_again(self, lease: EnvLease) -> EnvLease | None:
+        """A second lease on ``lease``'s env (for a holder that outlives the first, an actor),
+        without planning its dependencies again; None when GC is deleting it this instant."""
+        if lease.key is None:
+            return EnvLease(key=None, python=lease.python, extra_env=lease.extra_env)
+        return self._try_lease(lease.key, built=False)
+
     def plan(self, dependencies: Iterable[str] | None) -> EnvPlan:
         """Key and install set for a dependency list; cached, since a hit must cost microseconds."""
         if isinstance(dependencies, str):
