@@ -15,16 +15,8 @@ import psutil
 import pytest
 
 from sandvisor.prctl import become_subreaper
-from sandvisor.supervisor.proctree import (
-    JOB_ENV_VAR,
-    ProcessTree,
-    job_environ,
-    read_proc,
-    reap_orphans,
-    signal_process,
-    snapshot,
-    terminate_tree,
-)
+from sandvisor.supervisor.procfs import read_proc, reap_orphans, signal_process, snapshot
+from sandvisor.supervisor.proctree import JOB_ENV_VAR, ProcessTree, job_environ, terminate_tree
 
 # A job that forks a child and a detached (setsid + double fork) grandchild, then waits.
 FAMILY = """

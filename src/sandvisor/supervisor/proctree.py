@@ -1,6 +1,6 @@
 """Every process a job started: found, measured, and ended, even those that tried to get away.
 
-One scan of ``/proc/<pid>/stat`` (shared by all jobs, see :func:`snapshot`) gives each process's
+One scan of the process table (shared by all jobs, ``procfs.snapshot``) gives each process's
 parent, group, session, state, CPU time, start time and RSS. A job's members are found by four
 marks, cheapest first:
 
@@ -13,11 +13,10 @@ marks, cheapest first:
   name (the child names itself :func:`job_comm`, which forks inherit) or, after an exec, the
   ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``.
 
-One scan of ``/proc`` rather than psutil's per-process objects: every job's watchdog reads the
-same table ten times a second, and parsing one small file per process is all it needs.
 A process is known by ``(pid, start time)``, so a reused pid is never taken for a member, and
-signals go through a pidfd opened and checked against that identity, so they cannot hit a
-stranger that got the pid in between.
+signals go through a pidfd checked against that identity (``procfs.signal_process``), so they
+cannot hit a stranger that got the pid in between. Reading ``/proc`` is ``procfs.py``'s job;
+claiming a job's processes and ending them is this module's.
 """
 
 from __future__ import annotations
@@ -33,10 +32,25 @@ from dataclasses import dataclass, field
 
 from sandvisor.prctl import is_subreaper
 from sandvisor.protocol.messages import JOB_COMM_DIGITS, JOB_COMM_PREFIX, JOB_ENV_VAR
+from sandvisor.supervisor.procfs import (
+    ProcInfo,
+    carries_job_id,
+    children_by_parent,
+    reap_orphans,
+    scan,
+    signal_process,
+)
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PROC = "/proc"
+#: Re-exported: callers take the job variable with the tree that looks for it.
+__all__ = [
+    "JOB_ENV_VAR",
+    "ProcessTree",
+    "Termination",
+    "TreeSample",
+    "job_comm",
+    "job_environ",
+    "terminate_tree",
+]
 # How often terminate_tree looks again while waiting for processes to go.
 _POLL_S = 0.02
 # How long SIGKILL waves go on before survivors are reported (a process in
@@ -59,155 +73,6 @@ def job_comm(job_id: str) -> str:
 def job_environ(job_id: str) -> dict[str, str]:
     """The variable that marks a job's processes; the core adds it to the child's environment."""
     return {JOB_ENV_VAR: job_id}
-
-
-@dataclass(frozen=True, slots=True)
-class ProcInfo:
-    """One line of ``/proc/<pid>/stat``, the fields we use."""
-
-    pid: int
-    comm: str
-    ppid: int
-    pgrp: int
-    session: int
-    state: str
-    start_ticks: int
-    cpu_ticks: int
-    rss_pages: int
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.pid, self.start_ticks)
-
-    @property
-    def zombie(self) -> bool:
-        return self.state in "ZX"
-
-    @property
-    def rss_bytes(self) -> int:
-        return self.rss_pages * _PAGE_SIZE
-
-    @property
-    def cpu_s(self) -> float:
-        return self.cpu_ticks / _CLOCK_TICKS
-
-
-def read_proc(pid: int) -> ProcInfo | None:
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:  # gone, or never there
-        return None
-    # The command name is in parentheses and may itself hold spaces and parentheses.
-    close = data.rfind(b")")
-    fields = data[close + 2 :].split()
-    return ProcInfo(
-        pid=pid,
-        comm=data[data.find(b"(") + 1 : close].decode(errors="replace"),
-        ppid=int(fields[1]),
-        pgrp=int(fields[2]),
-        session=int(fields[3]),
-        state=fields[0].decode(),
-        start_ticks=int(fields[19]),
-        cpu_ticks=int(fields[11]) + int(fields[12]),
-        rss_pages=int(fields[21]),
-    )
-
-
-def proportional_bytes(pids: Iterable[int]) -> int | None:
-    """The processes' proportional set size (PSS) summed: each page shared by N processes counts
-    1/N. None when the kernel does not say (no ``smaps_rollup``) for any of them.
-
-    Costs a walk of each process's page tables, so it confirms a memory breach that RSS suggests
-    rather than being sampled: RSS counts in full, in every job, the pages a forked job shares
-    with its template (everything a preload imported).
-    """
-    total: int | None = None
-    for pid in pids:
-        try:
-            with open(f"{_PROC}/{pid}/smaps_rollup", "rb") as handle:
-                text = handle.read()
-        except OSError:
-            continue  # gone, or no smaps_rollup (Linux < 4.14)
-        for line in text.splitlines():
-            if line.startswith(b"Pss:"):
-                total = (total or 0) + int(line.split()[1]) * 1024
-                break
-    return total
-
-
-def scan() -> dict[int, ProcInfo]:
-    table: dict[int, ProcInfo] = {}
-    for name in os.listdir(_PROC):
-        if name.isdigit() and (info := read_proc(int(name))) is not None:
-            table[info.pid] = info
-    return table
-
-
-_cached: tuple[float, dict[int, ProcInfo]] = (float("-inf"), {})
-
-
-def snapshot(max_age_s: float = 0.0) -> dict[int, ProcInfo]:
-    """The process table, rescanned only when the last scan is older than ``max_age_s``.
-
-    Every job's watchdog samples at the same rate, so one scan per interval serves them all.
-    """
-    global _cached
-    taken, table = _cached
-    now = time.monotonic()
-    if now - taken > max_age_s:
-        table = scan()
-        _cached = (now, table)
-    return table
-
-
-_children_cache: tuple[dict[int, ProcInfo], dict[int, list[ProcInfo]]] | None = None
-
-
-def _children_by_parent(table: dict[int, ProcInfo]) -> dict[int, list[ProcInfo]]:
-    """Parent pid -> children, built once per table: every job's tree reads the same one."""
-    global _children_cache
-    if _children_cache is not None and _children_cache[0] is table:
-        return _children_cache[1]
-    children: dict[int, list[ProcInfo]] = {}
-    for info in table.values():
-        children.setdefault(info.ppid, []).append(info)
-    _children_cache = (table, children)
-    return children
-
-
-def _carries_job_id(pid: int, marker: bytes) -> bool:
-    try:
-        with open(f"{_PROC}/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def signal_process(pid: int, start_ticks: int, sig: int) -> bool:
-    """Send ``sig`` to exactly the process ``(pid, start_ticks)``; False when it is gone."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except OSError:  # no pidfd support: a plain kill after the identity check
-        info = read_proc(pid)
-        if info is None or info.start_ticks != start_ticks:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        return True
-    try:
-        # The pidfd pins the process it was opened on; check that it is still ours.
-        info = read_proc(pid)
-        if info is None or info.start_ticks != start_ticks:
-            return False
-        signal.pidfd_send_signal(pidfd, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        os.close(pidfd)
 
 
 @dataclass(frozen=True)
@@ -311,7 +176,7 @@ class ProcessTree:
         )
 
     def _descend(self, found: dict[int, ProcInfo], table: dict[int, ProcInfo]) -> None:
-        children = _children_by_parent(table)
+        children = children_by_parent(table)
         pending = list(found)
         while pending:
             for child in children.get(pending.pop(), ()):
@@ -327,11 +192,11 @@ class ProcessTree:
         comm = job_comm(self.job_id)
         marker = f"{JOB_ENV_VAR}={self.job_id}".encode()
         claimed = False
-        children = _children_by_parent(table)
+        children = children_by_parent(table)
         for info in [child for adopter in adopters for child in children.get(adopter, ())]:
             if info.pid in found or info.key in self._strangers:
                 continue
-            if info.comm == comm or _carries_job_id(info.pid, marker):
+            if info.comm == comm or carries_job_id(info.pid, marker):
                 found[info.pid] = info
                 claimed = True
             else:
@@ -384,22 +249,3 @@ async def _wait_gone(tree: ProcessTree, deadline: float) -> list[ProcInfo]:
         await asyncio.sleep(_POLL_S)
         live = tree.live()
     return live
-
-
-def reap_orphans(candidates: Iterable[int]) -> list[int]:
-    """Reap those of ``candidates`` that are zombie children of ours; the pids reaped.
-
-    Only processes a job's tree claimed are passed here, never the job's root (the core waits
-    for it with its own ``os.wait4``): ``waitpid(-1)`` would steal children that asyncio,
-    multiprocessing or the core are waiting for.
-    """
-    me = os.getpid()
-    reaped = []
-    for candidate in candidates:
-        info = read_proc(candidate)
-        if info is None or info.ppid != me or not info.zombie:
-            continue
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
-                reaped.append(info.pid)
-    return reaped

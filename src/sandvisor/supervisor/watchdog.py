@@ -15,12 +15,8 @@ from dataclasses import dataclass
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.limits import Limits
-from sandvisor.supervisor.proctree import (
-    ProcessTree,
-    TreeSample,
-    proportional_bytes,
-    snapshot,
-)
+from sandvisor.supervisor.procfs import proportional_bytes, snapshot
+from sandvisor.supervisor.proctree import ProcessTree, TreeSample
 
 # RLIMIT_CPU ends a single process at its limit; the watchdog ends a tree whose processes
 # together went over it, a little later so that a lone process meets its own rlimit first and
