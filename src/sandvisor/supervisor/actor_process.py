@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandvisor.protocol.frames import Frame
+from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.escalation import escalate
 from sandvisor.supervisor.events import LogEvent
@@ -106,7 +107,12 @@ class ActorProcess:
         self.session = ChildSession(
             spec,
             templates,
-            {"running": self._running, "created": answer, "result": answer, "error": answer},
+            {
+                FrameKind.RUNNING: self._running,
+                FrameKind.CREATED: answer,
+                FrameKind.RESULT: answer,
+                FrameKind.ERROR: answer,
+            },
             self._idle,
             max_result_bytes=max_result_bytes,
             on_channel_end=self._channel_ended,
@@ -270,12 +276,13 @@ class ActorProcess:
 
     def _answered(self, frame: Frame) -> Exchange:
         report = Report()
-        if frame["t"] == "result":
+        kind = frame[KIND]
+        if kind == FrameKind.RESULT:
             report.fields = dict(frame.get("fields") or {})
             report.display = frame.get("display")
-        elif frame["t"] == "error":
+        elif kind == FrameKind.ERROR:
             report.error = frame
-        return Exchange(frame["t"], report, dict(frame.get("info") or {}), self._running_at)
+        return Exchange(kind, report, dict(frame.get("info") or {}), self._running_at)
 
     async def _ended(self, report: Report, grace_s: float) -> Exchange:
         """No answer: it died, or we kill it now; its last output still goes to this call."""

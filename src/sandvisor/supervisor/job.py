@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sandvisor.protocol.frames import Frame
+from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
@@ -74,7 +75,7 @@ class JobSpec:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
         with, its template's) the environment goes as the changes from it, not whole."""
         frame = {
-            "t": "job",
+            KIND: FrameKind.JOB,
             "job_id": self.job_id,
             "comm": job_comm(self.job_id),
             "request": self.request.model_dump(include=set(CHILD_REQUEST_FIELDS)),
@@ -97,7 +98,7 @@ class JobSpec:
         """The frame of this request's method call on a live instance (an actor's ``call``)."""
         request = self.request
         return {
-            "t": "call",
+            KIND: FrameKind.CALL,
             "seq": seq,
             "method_name": request.method_name,
             "args": request.args,
@@ -177,7 +178,11 @@ class JobRun:
         session = ChildSession(
             self.spec,
             templates,
-            {"running": self._running, "result": self._result, "error": self._error},
+            {
+                FrameKind.RUNNING: self._running,
+                FrameKind.RESULT: self._result,
+                FrameKind.ERROR: self._error,
+            },
             self.context,
             max_result_bytes=self.spec.limits.max_result_bytes,
             on_channel_end=self._channel_ended,

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_frame
+from sandvisor.protocol.messages import KIND
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.limits import Limits
@@ -228,7 +229,7 @@ class ChildSession:
         """Each frame to the handler of its kind, until the channel ends (EndOfStream)."""
         while True:
             frame = await read_frame_async(reader, self._max_frame)
-            handler = self._handlers.get(frame.get("t"))
+            handler = self._handlers.get(frame.get(KIND))
             if handler is not None:
                 await handler(frame)
 
