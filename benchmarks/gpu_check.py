@@ -53,7 +53,7 @@ def job_spec(python: str, request: dict[str, Any], env: dict[str, str], workdir:
         request=FunctionRequest.model_validate(request),
         python=python,
         workdir=workdir,
-        env=env,
+        base_env=env,
         limits=limits,
     )
 

@@ -17,7 +17,6 @@ from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.job import JobSpec
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.policy import child_environment
-from sandvisor.supervisor.proctree import job_environ
 from sandvisor.supervisor.session import ChildSession
 
 COUNTER = """
@@ -39,7 +38,7 @@ def make_spec(tmp_path: Path, request: dict[str, Any], job_id: str = "sess1") ->
         request=FunctionRequest.model_validate(request),
         python=sys.executable,
         workdir=tmp_path / job_id,
-        env=child_environment(settings, os.environ) | job_environ(job_id),
+        base_env=child_environment(settings, os.environ),
         limits=Limits.resolve(settings),
     )
 

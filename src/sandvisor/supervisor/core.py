@@ -38,7 +38,6 @@ from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.manifest import resolve_deployed
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.policy import child_environment
-from sandvisor.supervisor.proctree import job_environ
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
@@ -237,7 +236,7 @@ class Supervisor:
                 return lease
             with lease:
                 spec.python = str(lease.python)
-                spec.env = lease.environ(spec.env)
+                spec.venv = lease
                 if parsed.execution_type == "class" and self.instances is not None:
                     return await self.instances.call(run, limits, lease)
                 return await JobRun(run, self._templates, self.gpus).execute()
@@ -317,7 +316,6 @@ class Supervisor:
         return acquiring.result()
 
     def _spec(self, job_id: str, request: FunctionRequest, limits: Limits) -> JobSpec:
-        env = dict(self._base_env) | job_environ(job_id)  # marks every process of the job
         deployed = None
         if request.function_code is None and request.class_code is None:
             deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code
@@ -328,7 +326,7 @@ class Supervisor:
             # Its own dir per run, not per id: the dir of an earlier job of this id may still be
             # queued for removal (see cleanup.py), which would take this job's with it.
             workdir=self.settings.jobs_dir / f"{job_id}.{secrets.token_hex(4)}",
-            env=env,
+            base_env=self._base_env,
             limits=limits,
             watch_interval_s=self.settings.watch_interval_s,
             deployed_module=deployed.module if deployed else None,

@@ -34,7 +34,6 @@ from sandvisor.supervisor.gpus import GpuPool, gpu_memory_by_pid
 from sandvisor.supervisor.instance import Instance, new_instance_id, now_iso, refused
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.outcome import Report
-from sandvisor.supervisor.proctree import JOB_ENV_VAR
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.templates import TemplatePool
 
@@ -225,7 +224,7 @@ class InstanceRegistry:
             if lease is None:
                 return run.stop_reason or (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
         instance.gpu_lease = lease
-        instance.actor.spec.env = instance.actor.spec.env | lease.environ()
+        instance.actor.spec.gpus = lease
         if lease.gpus:
             instance.actor.gpu_memory = gpu_memory_by_pid
         return None
@@ -303,7 +302,6 @@ class InstanceRegistry:
             run.spec,
             job_id=actor_job,
             workdir=self._settings.jobs_dir / actor_job,
-            env=run.spec.env | {JOB_ENV_VAR: actor_job},
             limits=limits,
             display=False,
         )

@@ -26,10 +26,12 @@ from sandvisor.protocol.frames import Frame
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.context import JobContext
+from sandvisor.supervisor.envs import EnvLease
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
 from sandvisor.supervisor.limits import CHILD_OOM_SCORE_ADJ, Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report, failure
+from sandvisor.supervisor.policy import job_environment
 from sandvisor.supervisor.process import ExitInfo
 from sandvisor.supervisor.proctree import ProcessTree, job_comm, terminate_tree
 from sandvisor.supervisor.session import ChildSession
@@ -64,12 +66,20 @@ class JobSpec:
     request: FunctionRequest
     python: str
     workdir: Path
-    env: dict[str, str]
+    base_env: dict[str, str]  # the worker's, scrubbed (policy.child_environment)
     limits: Limits
     deployed_module: str | None = None
     deployed_sys_path: list[str] = field(default_factory=list)
     display: bool = False
     watch_interval_s: float = 0.1
+    venv: EnvLease | None = None  # the env it runs in, once leased
+    gpus: GpuLease | None = None  # its GPUs, once held
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The child's whole environment, as :func:`~sandvisor.supervisor.policy.job_environment`
+        assembles it from what is decided so far."""
+        return job_environment(self.base_env, self.job_id, self.venv, self.gpus)
 
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
@@ -168,7 +178,7 @@ class JobRun:
                 error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
                 return failure(error_type, reason, stdout=self.context.output.text())
         # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
-        self.spec.env = self.spec.env | self._gpu_lease.environ()
+        self.spec.gpus = self._gpu_lease
         return None
 
     # -- one attempt ---------------------------------------------------------------------------

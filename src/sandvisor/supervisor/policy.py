@@ -1,5 +1,8 @@
 """A child's environment: built from the worker's, minus its secrets, plus what a child needs.
 
+One function assembles a job's: :func:`job_environment` (the scrubbed base, the job's mark, its
+venv, its GPUs); :func:`child_environment` makes that base once per supervisor.
+
 User code runs with whatever a job's author wrote, so the worker's credentials (the RunPod API
 key, webhook URLs that accept job results, cloud keys, tokens) never reach it unless the
 operator names them in ``SANDVISOR_PASS_VARS``. Names are matched as shell-style patterns,
@@ -12,8 +15,14 @@ import os
 import pwd
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
-from sandvisor.supervisor.settings import ENV_PREFIX, Settings
+from sandvisor.supervisor.proctree import job_environ
+from sandvisor.supervisor.settings import ENV_PREFIX, Settings, volume_present
+
+if TYPE_CHECKING:  # envs imports this module (is_secret): a runtime import would be a cycle
+    from sandvisor.supervisor.envs import EnvLease
+    from sandvisor.supervisor.gpus import GpuLease
 
 #: Names that hold credentials by convention, removed on top of ``settings.secret_patterns``.
 #: Suffixes, not substrings: ``TOKENIZERS_PARALLELISM`` is not a token.
@@ -60,7 +69,33 @@ def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[st
     env.setdefault("PATH", _DEFAULT_PATH)
     env.setdefault("HOME", _home())
     env.setdefault("LANG", "C.UTF-8")
+    env.update(cache_environment(settings, environ))
     env.update(CHILD_FIXED)
+    return env
+
+
+def cache_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Where jobs keep downloaded models: on a RunPod network volume, not the container disk
+    (``HF_HOME`` under the store), unless ``environ`` (the worker's) names a place itself."""
+    if volume_present() and "HF_HOME" not in environ:
+        return {"HF_HOME": str(settings.home / "huggingface")}
+    return {}
+
+
+def job_environment(
+    base: Mapping[str, str],
+    job_id: str,
+    venv: EnvLease | None = None,
+    gpus: GpuLease | None = None,
+) -> dict[str, str]:
+    """A job child's whole environment: ``base`` (from :func:`child_environment`), the mark
+    that finds every process of ``job_id``, ``venv``'s VIRTUAL_ENV and PATH, and exactly
+    ``gpus``'s CUDA devices (none visible for a lease of none). Returns a new dict."""
+    env = dict(base) | job_environ(job_id)
+    if venv is not None:
+        env = venv.environ(env)
+    if gpus is not None:
+        env |= gpus.environ()
     return env
 
 

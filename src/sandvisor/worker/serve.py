@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sandvisor.supervisor.settings import Settings, volume_present
+from sandvisor.supervisor.policy import cache_environment
+from sandvisor.supervisor.settings import Settings
 from sandvisor.worker.handler import handler, stream_handler
 from sandvisor.worker.host import SupervisorHost, SupervisorStartError, get_host
 
@@ -27,15 +28,10 @@ def default_concurrency(settings: Settings) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def place_caches(settings: Settings, environ: dict[str, str] | Any = os.environ) -> list[str]:
-    """On a RunPod network volume, keep model caches there too; returns what was set."""
-    if not volume_present():
-        return []
-    placed = []
-    if "HF_HOME" not in environ:
-        environ["HF_HOME"] = str(settings.home / "huggingface")
-        placed.append(f"HF_HOME={environ['HF_HOME']}")
-    return placed
+def place_caches(settings: Settings, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Where jobs' model caches go, as lines for the log (the children's environment gets them
+    from :func:`~sandvisor.supervisor.policy.child_environment`; this process's is untouched)."""
+    return [f"{name}={value}" for name, value in cache_environment(settings, environ).items()]
 
 
 def concurrency_modifier_for(host: SupervisorHost, concurrency: int) -> Callable[[int], int]:

@@ -30,7 +30,7 @@ from sandvisor.supervisor.envs.requirements import parse_dependencies
 from sandvisor.supervisor.envs.runtime_pins import refuse_conflicts, runtime_pins
 from sandvisor.supervisor.envs.sysdeps import SystemPackages
 from sandvisor.supervisor.errors import EnvError, RequirementRejected
-from sandvisor.supervisor.settings import Settings, volume_present
+from sandvisor.supervisor.settings import Settings
 
 BUILD_ATTEMPTS = 3
 _PLAN_CACHE_SIZE = 1024
@@ -46,7 +46,6 @@ class EnvLease:
     python: Path
     prefix: Path | None = None
     built: bool = False  # this acquire built the env (as opposed to finding it)
-    extra_env: Mapping[str, str] = field(default_factory=dict)
     _lock: FileLock | None = field(default=None, repr=False, compare=False)
 
     def release(self) -> None:
@@ -54,8 +53,8 @@ class EnvLease:
             self._lock.release()
 
     def environ(self, base: Mapping[str, str]) -> dict[str, str]:
-        """``base`` plus what a job here needs: VIRTUAL_ENV, its bin first on PATH, HF_HOME."""
-        env = dict(base) | dict(self.extra_env)
+        """``base`` plus what a job in this env needs: VIRTUAL_ENV, and its bin first on PATH."""
+        env = dict(base)
         if self.prefix is not None:
             env["VIRTUAL_ENV"] = str(self.prefix)
             env["PATH"] = os.pathsep.join(
@@ -134,7 +133,7 @@ class EnvStore:
             await self._system.ensure(system_dependencies, on_log)
         plan = self.plan(dependencies)
         if plan.key is None:
-            return EnvLease(key=None, python=Path(sys.executable), extra_env=self._extra_env())
+            return EnvLease(key=None, python=Path(sys.executable))
         for _ in range(BUILD_ATTEMPTS):
             lease = self._try_lease(plan.key)
             if lease is not None:
@@ -154,14 +153,14 @@ class EnvStore:
         """
         plan = self.plan(dependencies)
         if plan.key is None:
-            return EnvLease(key=None, python=Path(sys.executable), extra_env=self._extra_env())
+            return EnvLease(key=None, python=Path(sys.executable))
         return self._try_lease(plan.key)
 
     def lease_again(self, lease: EnvLease) -> EnvLease | None:
         """A second lease on ``lease``'s env (for a holder that outlives the first, an actor),
         without planning its dependencies again; None when GC is deleting it this instant."""
         if lease.key is None:
-            return EnvLease(key=None, python=lease.python, extra_env=lease.extra_env)
+            return EnvLease(key=None, python=lease.python)
         return self._try_lease(lease.key, built=False)
 
     def plan(self, dependencies: Iterable[str] | None) -> EnvPlan:
@@ -202,7 +201,6 @@ class EnvStore:
             python=self.root / key / "bin" / "python",
             prefix=self.root / key,
             built=built,
-            extra_env=self._extra_env(),
             _lock=lock,
         )
 
@@ -211,12 +209,6 @@ class EnvStore:
         await lock.acquire()
         lock.release()
         return self._try_lease(key, built=built)
-
-    def _extra_env(self) -> dict[str, str]:
-        # Models downloaded by jobs belong on the network volume, not the container disk.
-        if volume_present() and "HF_HOME" not in os.environ:
-            return {"HF_HOME": str(self.settings.home / "huggingface")}
-        return {}
 
     # ---- store maintenance -----------------------------------------------------------------
 
