@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from sandvisor.supervisor.policy import child_environment, is_secret
+from pathlib import Path
+
+import pytest
+
+from sandvisor.supervisor import policy
+from sandvisor.supervisor.envs import EnvLease
+from sandvisor.supervisor.gpus import Gpu, GpuPool
+from sandvisor.supervisor.policy import child_environment, is_secret, job_environment
+from sandvisor.supervisor.proctree import JOB_ENV_VAR
 from sandvisor.supervisor.settings import Settings
 
 WORKER_ENV = {
@@ -81,3 +89,29 @@ def test_the_worker_environment_is_not_modified() -> None:
     before = dict(WORKER_ENV)
     child_environment(Settings.from_env({}), WORKER_ENV)
     assert before == WORKER_ENV
+
+
+def test_a_job_environment_is_the_base_its_mark_its_venv_and_its_gpus(tmp_path: Path) -> None:
+    base = child_environment(Settings.from_env({}), WORKER_ENV)
+    venv = EnvLease(key="k", python=tmp_path / "bin" / "python", prefix=tmp_path)
+    lease = GpuPool([Gpu(0), Gpu(1)]).try_acquire(1)
+    assert lease is not None
+    env = job_environment(base, "job-1", venv, lease)
+    assert env[JOB_ENV_VAR] == "job-1"
+    assert env["VIRTUAL_ENV"] == str(tmp_path)
+    assert env["PATH"] == f"{tmp_path / 'bin'}:{base['PATH']}"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert JOB_ENV_VAR not in base  # a new dict: the shared base is left alone
+    assert job_environment(base, "job-2") == base | {JOB_ENV_VAR: "job-2"}
+
+
+def test_model_caches_go_to_the_volume_unless_the_worker_names_a_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.from_env({}, home=tmp_path)
+    monkeypatch.setattr(policy, "volume_present", lambda: True)
+    assert child_environment(settings, WORKER_ENV)["HF_HOME"] == str(tmp_path / "huggingface")
+    own = WORKER_ENV | {"HF_HOME": "/models"}
+    assert child_environment(settings, own)["HF_HOME"] == "/models"
+    monkeypatch.setattr(policy, "volume_present", lambda: False)
+    assert "HF_HOME" not in child_environment(settings, WORKER_ENV)
