@@ -41,7 +41,7 @@ from sandvisor.supervisor.process import ExitInfo
 from sandvisor.supervisor.proctree import terminate_tree
 from sandvisor.supervisor.session import ChildSession, OutputSink, oom_kills_since
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
-from sandvisor.supervisor.watchdog import GpuMemoryReader
+from sandvisor.supervisor.watchdog import GpuMemoryReader, Watchdog
 
 #: Output written between calls that is kept for the next call; the rest is counted.
 IDLE_OUTPUT_LIMIT = 64 * 1024
@@ -234,37 +234,7 @@ class ActorProcess:
         self._running_at = None
         try:
             await self._idle.release(sink)
-            oom_kills = oom_kill_count()  # to tell the kernel's OOM killer from other SIGKILLs
-            watchdog = self.session.watchdog(limits, started, self.gpu_memory)
-            answer = asyncio.ensure_future(self._answers.get())
-            stop = asyncio.ensure_future(stopped())
-            breach = asyncio.ensure_future(watchdog.run())
-            try:
-                await asyncio.wait(
-                    {answer, stop, breach, self._exit_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in (answer, stop, breach):
-                    if not waiter.done():
-                        waiter.cancel()
-            frame = answer.result() if answer.done() and not answer.cancelled() else None
-            if frame is not None:
-                return self._answered(frame)
-            report = Report(
-                limits=limits,
-                peak_rss_bytes=watchdog.record.peak_rss_bytes,
-                elapsed_s=time.monotonic() - started,
-            )
-            if stop.done() and not stop.cancelled():
-                report.stopped = stop.result()
-            elif breach.done() and not breach.cancelled():
-                found = breach.result()
-                report.stopped = (found.error_type, found.reason)
-            exchange = await self._ended(report, limits.grace_s)
-            kills = oom_kills_since(oom_kills)
-            if kills is not None:
-                report.oom_kills = kills
-            return exchange
+            return await self._await_answer(limits, started, stopped)
         except BaseException:
             # The caller went away mid-call (its task cancelled): the method may still be
             # running, and its answer would be taken for the next call's. The actor goes.
@@ -273,6 +243,51 @@ class ActorProcess:
             raise
         finally:
             self.session.sink = self._idle
+
+    async def _await_answer(self, limits: Limits, started: float, stopped: StopWaiter) -> Exchange:
+        """The actor's answer; or, when none came (it died, was stopped, breached a limit),
+        how it ended, once it has."""
+        oom_kills = oom_kill_count()  # to tell the kernel's OOM killer from other SIGKILLs
+        watchdog = self.session.watchdog(limits, started, self.gpu_memory)
+        frame, stop_reason = await self._first_of(watchdog, stopped)
+        if frame is not None:
+            return self._answered(frame)
+        report = Report(
+            limits=limits,
+            peak_rss_bytes=watchdog.record.peak_rss_bytes,
+            elapsed_s=time.monotonic() - started,
+            stopped=stop_reason,
+        )
+        exchange = await self._ended(report, limits.grace_s)
+        kills = oom_kills_since(oom_kills)
+        if kills is not None:
+            report.oom_kills = kills
+        return exchange
+
+    async def _first_of(
+        self, watchdog: Watchdog, stopped: StopWaiter
+    ) -> tuple[Frame | None, tuple[ErrorType, str] | None]:
+        """Wait for the first of: an answer (the frame), a stop or a breach (its reason), the
+        actor's exit or the channel's end (neither)."""
+        assert self._exit_task is not None
+        answer = asyncio.ensure_future(self._answers.get())
+        stop = asyncio.ensure_future(stopped())
+        breach = asyncio.ensure_future(watchdog.run())
+        try:
+            await asyncio.wait(
+                {answer, stop, breach, self._exit_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (answer, stop, breach):
+                if not waiter.done():
+                    waiter.cancel()
+        if answer.done() and not answer.cancelled() and answer.result() is not None:
+            return answer.result(), None
+        if stop.done() and not stop.cancelled():
+            return None, stop.result()
+        if breach.done() and not breach.cancelled():
+            return None, (breach.result().error_type, breach.result().reason)
+        return None, None
 
     def _answered(self, frame: Frame) -> Exchange:
         report = Report()
