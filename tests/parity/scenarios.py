@@ -836,6 +836,18 @@ OUTPUT_AND_LOGGING = [
         """,
     ),
     Scenario(
+        "argparse_sees_no_runtime_flags",
+        """
+        import argparse
+        import sys
+
+        def main():
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--verbose", action="store_true")
+            return [sys.argv[1:], vars(parser.parse_args())]
+        """,
+    ),
+    Scenario(
         "logging_named_logger_last_resort",
         """
         import logging

@@ -91,6 +91,7 @@ def load_source(
     except OSError as exc:
         raise invalid(f"cannot write the job's {module_name}: {exc}") from None
     user_files.add(path)
+    sys.argv = [path]  # as ``python <file>`` gives: no runtime flags for argparse to trip on
     try:
         # dont_inherit: a plain import compiles the file with its own flags only; without it
         # this module's ``from __future__ import annotations`` would turn the job's
@@ -310,6 +311,7 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
 
 
 def enter_job_workdir(job: dict[str, Any]) -> None:
+    sys.argv = [""]  # not the runtime's flags (argparse would trip); load_source names the file
     try:
         enter_workdir(job["workdir"], job["request"].get("modules") or {})
     except ModulePathError as exc:
