@@ -21,15 +21,8 @@ from tests.parity.scenarios import ALL
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.core import Supervisor
 
-DATACLASS_JOB = """
-from dataclasses import dataclass, asdict
-@dataclass
-class Point:
-    x: float
-    y: float
-def main():
-    return asdict(Point(1.5, 2.0))
-"""
+#: The issue's dataclass job, as the parity table holds it.
+DATACLASS_JOB = next(scenario for scenario in ALL if scenario.id == "dataclass_asdict").source
 
 
 @pytest.fixture(params=["template", "spawn"])
