@@ -27,8 +27,8 @@ from typing import Any
 from sandvisor.protocol.frames import EndOfStream
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.failures import JobFailure
 from sandvisor.sandbox_child.runner import (
-    JobFailure,
     bound_method,
     call,
     create_instance,

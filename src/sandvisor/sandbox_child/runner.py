@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import inspect
 import json
 import logging
@@ -18,125 +16,17 @@ import os
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable
 from typing import Any
-
-import cloudpickle
 
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
 from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD, KIND, FrameKind
 from sandvisor.sandbox_child import isolation
 from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.failures import JobFailure, invalid, user_failure
+from sandvisor.sandbox_child.job_module import import_deployed, load_source
 from sandvisor.sandbox_child.logs import mark_levels
-from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir, write_job_source
-
-
-class JobFailure(Exception):
-    """A failure already classified for the supervisor: kind, one-line summary, detail."""
-
-    def __init__(self, kind: str, summary: str, detail: str = "") -> None:
-        super().__init__(summary)
-        self.kind = kind
-        self.summary = summary
-        self.detail = detail
-
-
-def invalid(summary: str, detail: str = "") -> JobFailure:
-    return JobFailure("invalid_request", summary, detail)
-
-
-def user_failure(exc: BaseException, user_files: set[str]) -> JobFailure:
-    message = str(exc).strip().splitlines()
-    summary = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
-    return JobFailure("user_exception", summary, user_traceback(exc, user_files))
-
-
-def user_traceback(exc: BaseException, user_files: set[str]) -> str:
-    """The traceback from the first frame of user code on: our own frames are noise to the user."""
-    start = _first_frame(exc.__traceback__, lambda name: name in user_files)
-    start = start or _first_frame(exc.__traceback__, lambda name: not name.startswith(_RUNTIME_DIR))
-    return "".join(traceback.format_exception(type(exc), exc, start or exc.__traceback__))
-
-
-def _first_frame(
-    tb: types.TracebackType | None, wanted: Callable[[str], bool]
-) -> types.TracebackType | None:
-    while tb is not None and not wanted(tb.tb_frame.f_code.co_filename):
-        tb = tb.tb_next
-    return tb
-
-
-_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_source(
-    source: str, module_name: str, job: dict[str, Any], user_files: set[str]
-) -> dict[str, Any]:
-    """Run the request's code as the module ``module_name``, as ``import`` would from a file.
-
-    The source is written to ``<workdir>/<module_name>.py`` and run as that module: in
-    ``sys.modules`` for the job's life (dataclasses, ``typing.get_type_hints``, pydantic and
-    ``pickle`` look classes up there), with a real ``__file__``, compiled with its own
-    ``__future__`` flags, not this file's. What it defines pickles by reference inside the job
-    (multiprocessing's spawn and forkserver children re-import it from the job's dir) and by value
-    for cloudpickle, because the caller that decodes a result has no such module.
-    """
-    try:
-        path = write_job_source(
-            job["workdir"], module_name, source, job["request"].get("modules") or {}
-        )
-    except ModulePathError as exc:
-        raise invalid(str(exc)) from None
-    except OSError as exc:
-        raise invalid(f"cannot write the job's {module_name}: {exc}") from None
-    user_files.add(path)
-    sys.argv = [path]  # as ``python <file>`` gives: no runtime flags for argparse to trip on
-    try:
-        # dont_inherit: a plain import compiles the file with its own flags only; without it
-        # this module's ``from __future__ import annotations`` would turn the job's
-        # annotations into strings.
-        code = compile(source, path, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        where = f"line {exc.lineno}" if exc.lineno else "unknown line"
-        raise invalid(
-            f"syntax error in {module_name} at {where}: {exc.msg}",
-            "".join(traceback.format_exception_only(type(exc), exc)),
-        ) from None
-    module = new_module(module_name, path)
-    try:
-        exec(code, module.__dict__)
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
-    return module.__dict__
-
-
-def new_module(name: str, path: str) -> types.ModuleType:
-    """An empty module as the import system makes one for ``path``, registered as ``name``.
-
-    Registered before its code runs, as ``import`` does: a class body or a decorator that looks
-    its module up in ``sys.modules`` (dataclasses does) finds it. Registered with cloudpickle too,
-    so a result or an instance it defines reaches the caller by value.
-    """
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None  # a .py path always has a spec
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    cloudpickle.register_pickle_by_value(module)
-    return module
-
-
-def import_deployed(module_name: str, sys_path: list[str], user_files: set[str]) -> dict[str, Any]:
-    """Import the deployed app's module by its name, with the app's directory first on the path."""
-    for entry in reversed(sys_path):
-        sys.path.insert(0, entry)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
-    if module.__file__:
-        user_files.add(module.__file__)
-    return module.__dict__
+from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir
 
 
 def lookup(namespace: dict[str, Any], name: str, what: str, source: str) -> Any:

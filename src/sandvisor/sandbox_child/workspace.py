@@ -69,8 +69,7 @@ def enter_workdir(workdir: str, modules: dict[str, str]) -> None:
     for path, source in checked:
         target = os.path.join(workdir, *path.parts)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        with open(target, "w", encoding="utf-8") as handle:
-            handle.write(source)
+        write_text(target, source)
     os.chdir(workdir)
     drop_launch_entry()
     sys.path.insert(0, workdir)
@@ -105,6 +104,21 @@ def write_job_source(workdir: str, module_name: str, source: str, modules: Itera
     path = os.path.join(workdir, f"{module_name}.py")
     # Overwritten, not created exclusively: a job run again after its template died finds the
     # file its first attempt wrote.
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(source)
+    write_text(path, source)
     return path
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path``, created or truncated as ``open(path, "w")`` does
+    (mode 0666 less the umask); raises OSError.
+
+    Straight to the descriptor: the io stack's objects cost a forked child page faults (0.07 ms
+    of a hello-world job), and one ``os.write`` of the whole text is all it would do anyway.
+    """
+    data = memoryview(text.encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)

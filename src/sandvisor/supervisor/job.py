@@ -75,15 +75,16 @@ class JobSpec:
     venv: EnvLease | None = None  # the env it runs in, once leased
     gpus: GpuLease | None = None  # its GPUs, once held
 
-    @property
-    def env(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         """The child's whole environment, as :func:`~sandvisor.supervisor.policy.job_environment`
-        assembles it from what is decided so far."""
+        assembles it from what is decided so far: a new dict each call (keep it, do not ask
+        again per key)."""
         return job_environment(self.base_env, self.job_id, self.venv, self.gpus)
 
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
         with, its template's) the environment goes as the changes from it, not whole."""
+        env = self.environment()
         frame = {
             KIND: FrameKind.JOB,
             "job_id": self.job_id,
@@ -92,7 +93,7 @@ class JobSpec:
             "module": self.deployed_module,
             "sys_path": self.deployed_sys_path,
             "workdir": str(self.workdir),
-            "env": self.env,
+            "env": env,
             "rlimits": {name: list(pair) for name, pair in self.limits.rlimits().items()},
             "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
@@ -100,8 +101,8 @@ class JobSpec:
         }
         if env_base is not None:
             del frame["env"]
-            frame["env_set"] = {k: v for k, v in self.env.items() if env_base.get(k) != v}
-            frame["env_unset"] = [k for k in env_base if k not in self.env]
+            frame["env_set"] = {k: v for k, v in env.items() if env_base.get(k) != v}
+            frame["env_unset"] = [k for k in env_base if k not in env]
         return frame
 
     def call_frame(self, seq: int, max_result_bytes: int) -> dict[str, Any]:

@@ -171,7 +171,7 @@ class ChildSession:
         """Send the job frame ahead and start the child; what of the frame is left to send."""
         template = None
         if use_template and self._templates is not None:
-            template = await self._templates.ready(self.spec.python, self.spec.env)
+            template = await self._templates.ready(self.spec.python, self.spec.environment())
         # The job frame is in the channel before the child exists: it reads it as soon as it
         # starts, rather than after a round trip that tells us its pid. A forked child gets
         # its environment as the changes from its template's.
@@ -181,7 +181,7 @@ class ChildSession:
             child = await template.fork(pipes)
             self.pid, self.exited = child.pid, child.exited
         else:
-            self.pid = spawn_job_child(self.spec.python, pipes, self.spec.env)
+            self.pid = spawn_job_child(self.spec.python, pipes, self.spec.environment())
             self.exited = asyncio.ensure_future(wait_for_exit(self.pid))
         self.template = template
         return unsent
