@@ -105,8 +105,25 @@ class JobContext:
         self.env_ms = env_ms
         self.timings = Timings()
 
-    async def acquire_gpus_unless_stopped(self, pool: GpuPool, count: int) -> GpuLease | None:
-        """Wait for ``count`` GPUs from ``pool``; None if the job is stopped first."""
+    async def hold_gpus(
+        self,
+        pool: GpuPool,
+        count: int,
+        holders: str,
+        make_room: Callable[[int], object] | None = None,
+    ) -> GpuLease | None:
+        """``count`` GPUs from ``pool``, at once or waited for in arrival order; None if the
+        request is stopped first (:attr:`stop_reason` then says why).
+
+        A wait is said in the job's output ("waiting for N GPU(s): all are held by
+        ``holders``"); ``make_room(count)`` is called first, to let idle holders go.
+        """
+        lease = pool.try_acquire(count)
+        if lease is not None:
+            return lease
+        if make_room is not None:
+            make_room(count)
+        await self.say(f"waiting for {count} GPU(s): all are held by {holders}")
         acquiring = asyncio.ensure_future(pool.acquire(count))
         stop = asyncio.ensure_future(self.stopped())
         try:

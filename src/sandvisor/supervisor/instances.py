@@ -216,13 +216,9 @@ class InstanceRegistry:
         pool = self._gpus
         if pool is None or not pool.total:
             return None
-        lease = pool.try_acquire(limits.gpus)
+        lease = await run.hold_gpus(pool, limits.gpus, "jobs or instances", self._free_gpus)
         if lease is None:
-            self._free_gpus(limits.gpus)
-            await run.say(f"waiting for {limits.gpus} GPU(s): all are held by jobs or instances")
-            lease = await run.acquire_gpus_unless_stopped(pool, limits.gpus)
-            if lease is None:
-                return run.stop_reason or (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
+            return run.stop_reason or (ErrorType.CANCELLED, "cancelled while waiting for GPUs")
         instance.gpu_lease = lease
         instance.actor.spec.gpus = lease
         if lease.gpus:

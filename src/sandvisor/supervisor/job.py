@@ -169,15 +169,10 @@ class JobRun:
         limits = self.spec.limits
         if self._gpus is None or not self._gpus.total:
             return None
-        self._gpu_lease = self._gpus.try_acquire(limits.gpus)
+        self._gpu_lease = await self.context.hold_gpus(self._gpus, limits.gpus, "other jobs")
         if self._gpu_lease is None:
-            await self.context.say(f"waiting for {limits.gpus} GPU(s): all are held by other jobs")
-            self._gpu_lease = await self.context.acquire_gpus_unless_stopped(
-                self._gpus, limits.gpus
-            )
-            if self._gpu_lease is None:
-                error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
-                return failure(error_type, reason, stdout=self.context.output.text())
+            error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
+            return failure(error_type, reason, stdout=self.context.output.text())
         # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
         self.spec.gpus = self._gpu_lease
         return None

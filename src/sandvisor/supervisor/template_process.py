@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
 from sandvisor.protocol.messages import COMMAND_FORK, JOB_ENV_VAR, KIND, SPARE_NAME, FrameKind
 from sandvisor.supervisor.channel import read_frame_async
+from sandvisor.supervisor.escalation import escalate
 from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
 from sandvisor.supervisor.procfs import read_proc, scan
 
@@ -318,20 +319,25 @@ class TemplateProcess:
         return bool(self._exits) or bool(self._pending_forks)
 
     async def stop(self) -> None:
-        """Close the control socket (the template then kills its jobs and leaves) and reap it."""
+        """Close the control socket (the template then kills its jobs and leaves), SIGKILL it
+        if it has not left within ``STOP_GRACE_S``, and reap it. Raises nothing of its own."""
         self._stopping = True
         self._lost("stopped")
-        if self._writer is not None:
-            self._writer.close()
-        self._control.close()
         exited = (
             asyncio.ensure_future(wait_for_exit(self.pid)) if not self._tasks else self._tasks[1]
         )
-        done, _ = await asyncio.wait({exited}, timeout=STOP_GRACE_S)
-        if not done:
+
+        async def close_control() -> None:
+            if self._writer is not None:
+                self._writer.close()
+            self._control.close()
+
+        async def kill() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            await exited
+
+        await escalate(exited, close_control, kill, STOP_GRACE_S)
+        await exited
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
