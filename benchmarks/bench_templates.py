@@ -1,12 +1,15 @@
-"""(a) hello world, (b) a job with a cached dependency env, (c) a job importing a preloaded module."""
+"""(a) hello world, (b) a job with a cached dependency env, (c) a job importing a preloaded module,
+(b') the same job with no preload configured, after its template learned the import."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from benchmarks.common import (
     Row,
+    bench_settings,
     checked,
     function_request,
     ms,
@@ -128,7 +131,7 @@ async def preloaded(hello_ms: float) -> list[Row]:
                 )
             ]
         warm = await time_jobs(sup, request, 200)
-    async with supervisor() as sup:
+    async with supervisor(adaptive_preload=False) as sup:
         await checked(sup.run(request))
         cold = await time_jobs(sup, request, 20, warmup=2)
     return [
@@ -143,6 +146,36 @@ async def preloaded(hello_ms: float) -> list[Row]:
     ]
 
 
+async def learned(hello_ms: float) -> list[Row]:
+    """(b'): the numpy job, no preload configured, timed after its env's first 10 jobs, from
+    which its template learns (in the background) to import numpy."""
+    request = function_request(NUMPY_JOB, dependencies=NUMPY, limits={"timeout_s": BUILD_TIMEOUT_S})
+    shutil.rmtree(bench_settings().preloads_dir, ignore_errors=True)  # learn from nothing
+    async with supervisor(adaptive_preload=True, preload=[]) as sup:
+        first = await sup.run(request)
+        if not first.success:
+            reason = (first.error or "").splitlines()[0]
+            return [Row("(b')", "import numpy, learned preload, p50", "-", "", None, reason)]
+        early = await time_jobs(sup, request, 9, warmup=0)
+        after = await time_jobs(sup, request, 200, warmup=0)
+    ratio = p50(after) / hello_ms
+    return [
+        Row(
+            "(b')",
+            "import numpy, no preload configured, p50 after 10 jobs",
+            ms(p50(after)),
+            "<= 1.3x (a)",
+            ratio <= 1.3,
+            f"{ratio:.2f}x (a); p90 {ms(p90(after))}; jobs 2-10 p50 {ms(p50(early))}",
+        ),
+    ]
+
+
 async def rows() -> list[Row]:
     hello_rows, hello_ms = await hello_world()
-    return [*hello_rows, *await cached_env(), *await preloaded(hello_ms)]
+    return [
+        *hello_rows,
+        *await cached_env(),
+        *await preloaded(hello_ms),
+        *await learned(hello_ms),
+    ]

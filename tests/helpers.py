@@ -20,8 +20,10 @@ EXAMPLES = ROOT / "examples"
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:
-    """Settings for tests: a private store, a short grace period, no variables from outside."""
-    values: dict[str, Any] = {"home": home, "grace_s": 0.5, "gpus": ""}
+    """Settings for tests: a private store, a short grace period, no variables from outside,
+    and templates that do not learn preloads (a trial's extra template would show in tests that
+    count processes); the tests of learning, and the parity table, turn it on."""
+    values: dict[str, Any] = {"home": home, "grace_s": 0.5, "gpus": "", "adaptive_preload": False}
     values.update(overrides)
     return Settings.from_env(environ={}, **values)
 

@@ -43,4 +43,16 @@ async def test_sandvisor_answers_as_plain_python(
         sandvisor, baseline = await asyncio.gather(
             run_sandvisor(module_supervisor, scenario), run_baseline(scenario, tmp_path / "python")
         )
+        if await learned_from(module_supervisor):
+            # What it imported is preloaded now: the same job must answer the same.
+            assert await run_sandvisor(module_supervisor, scenario) == sandvisor
     assert sandvisor == expected_of(scenario, baseline)
+
+
+async def learned_from(supervisor: Supervisor) -> bool:
+    """Wait for the template to learn from the row's job; whether it learned a module."""
+    pool = supervisor.templates
+    assert pool is not None
+    before = {key: list(pool.trials.learner(key).learned) for key in pool.running}
+    await pool.trials.settled()
+    return any(pool.trials.learner(key).learned != learned for key, learned in before.items())

@@ -49,9 +49,14 @@ class FrameKind:
     ERROR = "error"
     #: ts, info: an actor constructed its instance and waits for calls.
     CREATED = "created"
+    #: modules: top-level modules a job imported that its template had not (after its answer).
+    IMPORTS = "imports"
 
     # Template -> supervisor, on the control socket.
-    #: pid, python, preloaded, preload_failed, cuda_initialized, environ, spare (its pid or None).
+    #: pid, python, preloaded, preload_failed, preload_noisy (module -> the output or warning
+    #: its import gave), cuda_initialized, threads (names of the Python
+    #: threads a preload left running), device_open (a GPU device file a preload opened),
+    #: rss_kb, environ, spare (its pid or None).
     READY = "ready"
     #: pid: the job child that took the descriptors of one fork command, in command order.
     FORKED = "forked"

@@ -24,6 +24,7 @@ from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD, KIND, F
 from sandvisor.sandbox_child import isolation
 from sandvisor.sandbox_child.channel import Channel
 from sandvisor.sandbox_child.failures import JobFailure, invalid, user_failure
+from sandvisor.sandbox_child.imports import imported_since_template
 from sandvisor.sandbox_child.job_module import import_deployed, load_source
 from sandvisor.sandbox_child.logs import mark_levels
 from sandvisor.sandbox_child.workspace import ModulePathError, enter_workdir
@@ -222,6 +223,15 @@ def report_failure(channel: Channel, failure: JobFailure) -> None:
     )
 
 
+def report_imports(channel: Channel, workdir: str) -> None:
+    """After the answer, tell the supervisor what the job imported that its template had not."""
+    modules = imported_since_template(workdir)
+    if modules:
+        # The answer is already out: a channel the job broke loses only this hint.
+        with contextlib.suppress(OSError):
+            channel.send({KIND: FrameKind.IMPORTS, "modules": modules})
+
+
 def flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -278,6 +288,7 @@ def run_job(
             serve_actor(job, channel)
         else:
             execute(job, channel)
+            report_imports(channel, job["workdir"])
         logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)

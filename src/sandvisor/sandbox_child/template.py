@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import os
 import select
 import signal
@@ -45,37 +44,21 @@ from sandvisor.protocol.messages import (
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
+from sandvisor.sandbox_child.imports import mark_template
 from sandvisor.sandbox_child.isolation import (
     close_other_fds,
     name_process,
     own_session,
     reset_signals,
 )
+from sandvisor.sandbox_child.preloading import (
+    cuda_initialized,
+    device_open,
+    preload,
+    preload_threads,
+    rss_kb,
+)
 from sandvisor.sandbox_child.runner import prepare_streams, run_job
-
-
-def preload(modules: list[str]) -> dict[str, str]:
-    """Import the preload list; a module that fails is reported, not fatal.
-
-    Importing is all that happens: nothing here touches ``torch.cuda`` (or any device API), so a
-    CUDA context is created, if ever, by the job in its own child after the fork.
-    """
-    failed: dict[str, str] = {}
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {exc}"
-    return failed
-
-
-def cuda_initialized() -> bool:
-    """Whether a preload initialized CUDA on import (a fork would then break CUDA in every job).
-
-    Reads torch's own flag without calling into ``torch.cuda``, so asking cannot initialize it.
-    """
-    torch_cuda = sys.modules.get("torch.cuda")
-    return bool(getattr(torch_cuda, "_initialized", False))
 
 
 class Spare:
@@ -272,9 +255,10 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
     control = socket.socket(fileno=control_fd)
     control.setblocking(True)
     become_subreaper()
-    failed = preload(preloads)
+    failed, noisy = preload(preloads)
     template = Template(control)
     logs.mark_levels()
+    mark_template()
     freeze_heap()
     template.ensure_spare()  # after the freeze, so it shares the frozen heap; ``ready`` names it
     template.send(
@@ -284,7 +268,11 @@ def serve_template(control_fd: int, preloads: list[str]) -> None:
             "python": sys.executable,
             "preloaded": [name for name in preloads if name not in failed],
             "preload_failed": failed,
+            "preload_noisy": noisy,
             "cuda_initialized": cuda_initialized(),
+            "threads": preload_threads(),
+            "device_open": device_open(),
+            "rss_kb": rss_kb(),
             # What every child starts with: jobs are sent only how theirs differs from it.
             "environ": dict(os.environ),
             "spare": template.spare.pid if template.spare is not None else None,

@@ -32,12 +32,14 @@ from sandvisor.supervisor.envs import EnvLease, EnvStore
 from sandvisor.supervisor.errors import InvalidRequest, SandvisorError
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuPool, detect_gpus
+from sandvisor.supervisor.heartbeat import heartbeat
 from sandvisor.supervisor.instances import InstanceRegistry
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.manifest import resolve_deployed
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.policy import child_environment
+from sandvisor.supervisor.preload_trials import PreloadPolicy
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
@@ -121,7 +123,10 @@ class Supervisor:
         self._base_env = child_environment(self.settings, os.environ)
         if self.settings.templates:
             self._templates = TemplatePool(
-                self.settings.max_templates, self.settings.preload, self._base_env
+                self.settings.max_templates,
+                self.settings.preload,
+                self._base_env,
+                PreloadPolicy.from_settings(self.settings),
             )
             try:
                 await self._templates.get(sys.executable)  # warm before any job
@@ -278,13 +283,19 @@ class Supervisor:
     ) -> EnvLease | FunctionResponse:
         """Build (or wait for) the env, its install output live in the job's events."""
         lines: asyncio.Queue[str | None] = asyncio.Queue()
+        last: list[str] = []  # the installer's latest line, for the wait's notices
 
         async def relay() -> None:
             while (line := await lines.get()) is not None:
                 if isinstance(line, ProgramOutput):  # uv's (or apt-get's) own output
+                    if line.strip():
+                        last[:] = [line.strip()]
                     await run.emit(LogEvent("log", line, time.time(), "INFO"))
                 else:
                     await run.say(line)
+
+        def progress() -> str | None:
+            return f"last from the installer: {last[0]}" if last else None
 
         relaying = asyncio.ensure_future(relay())
         acquiring = asyncio.ensure_future(
@@ -294,9 +305,11 @@ class Supervisor:
         try:
             # A hung install (an index that never answers) is bounded by the job's own timeout.
             timeout_s = run.spec.limits.timeout_s
-            await asyncio.wait(
-                {acquiring, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            interval_s = self.settings.wait_notice_interval_s
+            async with heartbeat(run.say, "installing dependencies", interval_s, progress):
+                await asyncio.wait(
+                    {acquiring, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
             if not acquiring.done() and not stop.done():
                 run.stop(
                     ErrorType.TIMEOUT,
@@ -329,6 +342,7 @@ class Supervisor:
             base_env=self._base_env,
             limits=limits,
             watch_interval_s=self.settings.watch_interval_s,
+            notice_interval_s=self.settings.wait_notice_interval_s,
             deployed_module=deployed.module if deployed else None,
             deployed_sys_path=[str(deployed.sys_path)] if deployed else [],
         )

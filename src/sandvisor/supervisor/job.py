@@ -72,6 +72,7 @@ class JobSpec:
     deployed_sys_path: list[str] = field(default_factory=list)
     display: bool = False
     watch_interval_s: float = 0.1
+    notice_interval_s: float = 10.0  # how often a wait before the start is said (heartbeat.py)
     venv: EnvLease | None = None  # the env it runs in, once leased
     gpus: GpuLease | None = None  # its GPUs, once held
 
@@ -188,6 +189,7 @@ class JobRun:
                 FrameKind.RUNNING: self._running,
                 FrameKind.RESULT: self._result,
                 FrameKind.ERROR: self._error,
+                FrameKind.IMPORTS: self._imports,
             },
             self.context,
             max_result_bytes=self.spec.limits.max_result_bytes,
@@ -284,6 +286,12 @@ class JobRun:
 
     async def _error(self, frame: Frame) -> None:
         self._report.error = frame
+
+    async def _imports(self, frame: Frame) -> None:
+        # What the job imported that its template had not: the template may learn to preload it.
+        modules = frame.get("modules")
+        if self._templates is not None and isinstance(modules, list):
+            self._templates.observe(self.spec.python, (str(name) for name in modules))
 
     async def _channel_ended(self, broken: Exception | None) -> None:
         report = self._report

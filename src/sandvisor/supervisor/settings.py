@@ -98,6 +98,12 @@ class Settings(BaseModel):
     templates: bool = True
     preload: list[str] = Field(default_factory=list)
     max_templates: int = 4
+    # Learned preloads (supervisor/preload_learning.py): a module that this many jobs of an env
+    # imported is tried in a new template of that env, up to the caps below.
+    adaptive_preload: bool = True
+    preload_learn_after: int = Field(default=2, ge=1)
+    preload_max_modules: int = Field(default=32, ge=0)
+    preload_max_rss_mb: int = Field(default=4096, ge=1)
 
     # Class instances (actors).
     max_instances: int = 32
@@ -109,6 +115,9 @@ class Settings(BaseModel):
     # Take the next job as soon as a slot frees (runpod's own loop waits up to 1 s).
     runpod_prompt_take: bool = True
     progress_interval_s: float = 0.5
+    # While a job waits to start (its env building, its template starting, GPUs held), a line
+    # says so this often (0: never).
+    wait_notice_interval_s: float = Field(default=10.0, ge=0)
 
     @field_validator("secret_vars", "pass_vars", "preload", mode="before")
     @classmethod
@@ -145,6 +154,11 @@ class Settings(BaseModel):
     @property
     def uv_cache_dir(self) -> Path:
         return self.home / "uv-cache"
+
+    @property
+    def preloads_dir(self) -> Path:
+        """Where each env's learned preloads are kept (one small JSON file per env)."""
+        return self.home / "preloads"
 
     @property
     def jobs_dir(self) -> Path:

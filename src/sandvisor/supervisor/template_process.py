@@ -80,6 +80,11 @@ class TemplateProcess:
         #: The template's environment, which every child it forks starts with (it never changes).
         self.environ: dict[str, str] = {}
         self.cuda_initialized = False  # a preload did it on import: jobs then cannot use CUDA
+        self.preload_failed: dict[str, str] = {}  # module -> its import's error
+        self.preload_noisy: dict[str, str] = {}  # module -> the output or warning of its import
+        self.threads: list[str] = []  # Python threads a preload left running (a fork has none)
+        self.device_open: str | None = None  # a GPU device file a preload opened
+        self.rss_kb = 0  # its resident set when ready
         self.forks = 0
 
     @classmethod
@@ -120,11 +125,28 @@ class TemplateProcess:
             self._stopping = True
             await self.stop()
             raise
+        except asyncio.CancelledError:
+            # Cancelled while it started (its pool closed): it must not outlive the wait.
+            self._stopping = True
+            self._lost("cancelled while starting")
+            if self._writer is not None:
+                self._writer.close()
+            self._control.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)  # a killed process is reaped at once
+            raise
         self.preloaded = list(ready.get("preloaded", []))
         self.environ = dict(ready.get("environ") or {})
         self.spare = ready.get("spare")
-        for name, error in (ready.get("preload_failed") or {}).items():
+        self.preload_failed = dict(ready.get("preload_failed") or {})
+        for name, error in self.preload_failed.items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
+        self.preload_noisy = dict(ready.get("preload_noisy") or {})
+        self.threads = list(ready.get("threads") or [])
+        self.device_open = ready.get("device_open")
+        self.rss_kb = int(ready.get("rss_kb") or 0)
         self.cuda_initialized = bool(ready.get("cuda_initialized"))
         if self.cuda_initialized:
             log.warning(

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sandvisor.supervisor.preload_trials import PreloadPolicy, PreloadTrials
 from sandvisor.supervisor.process import JobPipes
 from sandvisor.supervisor.template_process import (
     ForkedChild,
@@ -38,10 +39,22 @@ START_BACKOFF_S = 30.0
 class TemplatePool:
     """At most ``limit`` templates, keyed by interpreter; the least recently used stops first."""
 
-    def __init__(self, limit: int, preload: list[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        preload: list[str],
+        env: Mapping[str, str],
+        policy: PreloadPolicy | None = None,
+    ) -> None:
+        """``preload``: modules every template imports (``SANDVISOR_PRELOAD``); ``env``: the
+        environment of a template started without one given; ``policy``: how templates learn
+        more preloads from their jobs (default: learned, kept in memory only)."""
         self._limit = max(1, limit)
-        self._preload = preload
         self._env = dict(env)
+        self._envs: dict[str, dict[str, str]] = {}  # key -> the env its template started with
+        self.trials = PreloadTrials(
+            policy or PreloadPolicy(), preload, TemplateProcess.start, self._install
+        )
         self._templates: dict[str, TemplateProcess] = {}
         self._starting: dict[str, asyncio.Task[TemplateProcess]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why) of a failed start
@@ -52,6 +65,11 @@ class TemplatePool:
     def running(self) -> dict[str, TemplateProcess]:
         """Live templates by interpreter path."""
         return {key: t for key, t in self._templates.items() if t.alive}
+
+    def warm(self, python: Path | str) -> bool:
+        """Whether ``python``'s template is running now (a fork from it waits for nothing)."""
+        template = self._templates.get(str(python))
+        return template is not None and template.alive
 
     async def fork(
         self, python: Path | str, pipes: JobPipes, env: Mapping[str, str] | None = None
@@ -120,15 +138,53 @@ class TemplatePool:
             )
         del self._failed[key]
 
+    def observe(self, python: Path | str, modules: Iterable[str]) -> None:
+        """What a job forked from ``python``'s template imported that the template had not:
+        counted, and learned in the background (see :class:`PreloadTrials`)."""
+        key = str(python)
+        self.trials.observe(key, modules, self._envs.get(key, self._env))
+
+    async def _install(self, key: str, template: TemplateProcess) -> bool:
+        """Make ``template`` (a trial's, with more preloads) the one ``key``'s jobs fork from;
+        the one it replaces stops once its jobs are done. False when the pool has moved on (a
+        start in flight, or the env rebuilt): the caller stops it."""
+        if key in self._starting or template.interpreter != interpreter_identity(key):
+            return False
+        current = self._templates.get(key)
+        self._templates[key] = template
+        if current is not None:
+            self._retired.append(current)
+            await self._stop_idle_retired()
+        return True
+
     async def _start(self, key: str, env: Mapping[str, str]) -> TemplateProcess:
+        self._envs[key] = dict(env)
+        preloads = self.trials.preloads(key)
         try:
-            template = await TemplateProcess.start(key, self._preload, env)
+            template = await TemplateProcess.start(key, preloads, env)
         except TemplateLost as exc:
-            self._failed[key] = (time.monotonic(), str(exc))
-            raise
+            learned = self.trials.learner(key).learned
+            if not learned:
+                self._failed[key] = (time.monotonic(), str(exc))
+                raise
+            # It started with them before; not now (the env was rebuilt with other versions,
+            # say). Without them, and they are not tried again if that start succeeds.
+            template = await self._start_without_learned(key, env, exc)
         self.started += 1
         self._templates[key] = template
         await self._evict_over_limit()
+        return template
+
+    async def _start_without_learned(
+        self, key: str, env: Mapping[str, str], first: TemplateLost
+    ) -> TemplateProcess:
+        learner = self.trials.learner(key)
+        try:
+            template = await TemplateProcess.start(key, list(learner.forced), env)
+        except TemplateLost as exc:
+            self._failed[key] = (time.monotonic(), str(exc))
+            raise
+        learner.reject(list(learner.learned), f"the template did not start with it ({first})")
         return template
 
     async def _evict_over_limit(self) -> None:
@@ -141,6 +197,7 @@ class TemplatePool:
             await self._templates.pop(oldest).stop()
 
     async def close(self) -> None:
+        await self.trials.close()
         retired, self._retired = self._retired, []
         await asyncio.gather(*(template.stop() for template in retired), return_exceptions=True)
         for task in self._starting.values():
