@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuLease, GpuPool
+from sandvisor.supervisor.heartbeat import heartbeat
 from sandvisor.supervisor.outcome import Report, classify
 from sandvisor.supervisor.output import OutputBuffer
 from sandvisor.supervisor.process import ExitInfo
@@ -126,8 +127,10 @@ class JobContext:
         await self.say(f"waiting for {count} GPU(s): all are held by {holders}")
         acquiring = asyncio.ensure_future(pool.acquire(count))
         stop = asyncio.ensure_future(self.stopped())
+        waiting = f"waiting for {count} GPU(s)"
         try:
-            await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+            async with heartbeat(self.say, waiting, self.spec.notice_interval_s):
+                await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not acquiring.done():
                 acquiring.cancel()

@@ -27,6 +27,7 @@ from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_fra
 from sandvisor.protocol.messages import KIND
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent
+from sandvisor.supervisor.heartbeat import heartbeat
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.output import OutputDemux, Piece
@@ -171,7 +172,7 @@ class ChildSession:
         """Send the job frame ahead and start the child; what of the frame is left to send."""
         template = None
         if use_template and self._templates is not None:
-            template = await self._templates.ready(self.spec.python, self.spec.environment())
+            template = await self._template(self._templates)
         # The job frame is in the channel before the child exists: it reads it as soon as it
         # starts, rather than after a round trip that tells us its pid. A forked child gets
         # its environment as the changes from its template's.
@@ -185,6 +186,19 @@ class ChildSession:
             self.exited = asyncio.ensure_future(wait_for_exit(self.pid))
         self.template = template
         return unsent
+
+    async def _template(self, pool: TemplatePool) -> TemplateProcess:
+        """The env's running template; while one starts (its preloads importing), said."""
+        python = self.spec.python
+        if pool.warm(python):  # the common case, and the hot path: no notices to arrange
+            return await pool.ready(python, self.spec.environment())
+
+        async def say(text: str) -> None:
+            await self.sink.emit(LogEvent("system", text, time.time()))
+
+        waiting = "waiting for the env's warm template to start"
+        async with heartbeat(say, waiting, self.spec.notice_interval_s):
+            return await pool.ready(python, self.spec.environment())
 
     async def _start_readers(self, pipes: JobPipes, unsent: bytes) -> None:
         self._output_fd = pipes.output_r
