@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from sandvisor.supervisor.preload_learning import FORMAT, PreloadLearner
 from sandvisor.supervisor.preload_trials import trial_problem
-from sandvisor.supervisor.template_process import TemplateProcess
+from sandvisor.supervisor.template_ready import TemplateReady
 
 
 def test_a_module_becomes_a_candidate_once_enough_jobs_imported_it() -> None:
@@ -92,9 +91,8 @@ def test_an_unwritable_store_only_costs_the_memory(tmp_path: Path) -> None:
     assert learner.learned == ["numpy"]
 
 
-def _template(**fields: Any) -> TemplateProcess:
-    defaults = {"cuda_initialized": False, "device_open": None, "threads": [], "rss_kb": 1024}
-    return cast(TemplateProcess, SimpleNamespace(**(defaults | fields)))
+def _template(**fields: Any) -> TemplateReady:
+    return TemplateReady(**({"rss_kb": 1024} | fields))
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,11 @@ class FrameKind:
     EXIT = "exit"
     #: ts, live (how many job children it watches): the answer to a ping.
     PONG = "pong"
+    #: gpus, pid: a spare forked to be CUDA-warm for that GPU set (COMMAND_WARM).
+    WARM = "warm"
+    #: gpus, pid, status (as from wait): a warm spare died before it got a job (its warm-up
+    #: failed: status WARM_FAILED_EXIT), not counting one dropped by COMMAND_DROP_WARM.
+    WARM_LOST = "warm_lost"
 
 
 #: The descriptor a job child speaks its channel on (0, 1 and 2 are stdin, stdout and stderr).
@@ -79,6 +84,24 @@ CHANNEL_BROKEN_EXIT = 70
 COMMAND_FORK = b"F"
 #: Supervisor -> template: answer with a ``pong`` frame.
 COMMAND_PING = b"P"
+#: Supervisor -> template: fork a spare CUDA-warm for a GPU set; a ``warm_frame`` follows the
+#: byte, with library (the driver's) and warmup (a framework, or "").
+COMMAND_WARM = b"W"
+#: Supervisor -> template: as COMMAND_FORK (three descriptors), then a ``warm_frame``: the job
+#: goes to the spare warm for that set, or to the plain spare when there is none.
+COMMAND_FORK_WARM = b"G"
+#: Supervisor -> template: a ``warm_frame`` follows; that set's warm spare is killed.
+COMMAND_DROP_WARM = b"D"
+
+
+def warm_frame(gpus: str, **fields: str) -> dict[str, str]:
+    """The frame after a warm-spare command: ``gpus`` (CUDA_VISIBLE_DEVICES syntax) and
+    ``fields``."""
+    return {KIND: FrameKind.WARM, "gpus": gpus, **fields}
+
+
+#: Exit status of a warm spare whose warm-up failed (EX_TEMPFAIL + 1: not a job's status).
+WARM_FAILED_EXIT = 76
 #: Template -> spare: run this job; its three descriptors attached, as with COMMAND_FORK.
 ASSIGN_JOB = b"J"
 #: How many descriptors a fork command (and a job's assignment) carries.

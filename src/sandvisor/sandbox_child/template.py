@@ -33,17 +33,22 @@ import time
 from typing import Any
 
 from sandvisor.prctl import become_subreaper
-from sandvisor.protocol.frames import encode_frame
+from sandvisor.protocol.frames import encode_frame, read_frame
 from sandvisor.protocol.messages import (
     ASSIGN_JOB,
+    COMMAND_DROP_WARM,
     COMMAND_FORK,
+    COMMAND_FORK_WARM,
     COMMAND_PING,
+    COMMAND_WARM,
     JOB_FDS,
     KIND,
     SPARE_NAME,
+    WARM_FAILED_EXIT,
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
+from sandvisor.sandbox_child.cuda_warm import warm_up
 from sandvisor.sandbox_child.imports import mark_template
 from sandvisor.sandbox_child.isolation import (
     close_other_fds,
@@ -69,7 +74,7 @@ class Spare:
         self.socket = sock
 
 
-def wait_as_spare(sock: socket.socket) -> None:
+def wait_as_spare(sock: socket.socket, warm: dict[str, Any] | None = None) -> None:
     """The life of a spare: leave the template behind, wait for one job, run it; never returns.
 
     What a job child does before it knows its job happens here, ahead of the job: its own
@@ -87,6 +92,11 @@ def wait_as_spare(sock: socket.socket) -> None:
         gc.enable()
         close_other_fds(keep=sock.fileno())
         channel = prepare_streams()
+        if warm is not None:
+            try:
+                warm_up(warm)  # ahead of the job, as the rest of this (see cuda_warm.py)
+            except Exception:
+                os._exit(WARM_FAILED_EXIT)
         message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())
         if message == ASSIGN_JOB and len(fds) == JOB_FDS:
@@ -101,6 +111,8 @@ class Template:
         self.control = control
         self.live: set[int] = set()
         self.spare: Spare | None = None
+        self.warm: dict[str, Spare] = {}  # GPU set -> its CUDA-warm spare
+        self._dropped: set[int] = set()  # warm spares killed on request: reaped silently
         self._fork_error = ""
         self._wakeup_r, wakeup_w = os.pipe()
         os.set_blocking(wakeup_w, False)
@@ -133,6 +145,12 @@ class Template:
             self.send({KIND: FrameKind.PONG, "ts": time.time(), "live": len(self.live)})
         elif message == COMMAND_FORK and len(fds) == JOB_FDS:
             self._start_job(*fds)
+        elif message == COMMAND_FORK_WARM and len(fds) == JOB_FDS:
+            self._start_job(*fds, gpus=str(read_frame(self.control.fileno()).get("gpus")))
+        elif message == COMMAND_WARM and not fds:
+            self._fork_warm(read_frame(self.control.fileno()))
+        elif message == COMMAND_DROP_WARM and not fds:
+            self._drop_warm(str(read_frame(self.control.fileno()).get("gpus")))
         else:
             for fd in fds:
                 os.close(fd)
@@ -144,10 +162,14 @@ class Template:
             )
         return True
 
-    def _start_job(self, channel_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+    def _start_job(
+        self, channel_fd: int, stdout_fd: int, stderr_fd: int, gpus: str | None = None
+    ) -> None:
         fds = (channel_fd, stdout_fd, stderr_fd)
         try:
-            pid = self._hand_to_spare(fds)
+            warm = self.warm.pop(gpus, None) if gpus is not None else None
+            pid = self._hand_to(warm, fds) if warm is not None else None
+            pid = pid if pid is not None else self._hand_to_spare(fds)
         finally:
             # Closed before the next spare is forked: a spare must not hold a job's pipes open.
             for fd in fds:
@@ -165,15 +187,40 @@ class Template:
             spare, self.spare = self.spare or self._new_spare(), None
             if spare is None:
                 return None
-            try:
-                socket.send_fds(spare.socket, [ASSIGN_JOB], list(fds))
-            except OSError as exc:
-                self._fork_error = f"spare {spare.pid} is gone ({exc})"
-                continue
-            finally:
-                spare.socket.close()
-            return spare.pid
+            pid = self._hand_to(spare, fds)
+            if pid is not None:
+                return pid
         return None
+
+    def _hand_to(self, spare: Spare, fds: tuple[int, int, int]) -> int | None:
+        """Give the job's descriptors to ``spare``; its pid, or None if it is gone."""
+        try:
+            socket.send_fds(spare.socket, [ASSIGN_JOB], list(fds))
+        except OSError as exc:
+            self._fork_error = f"spare {spare.pid} is gone ({exc})"
+            return None
+        finally:
+            spare.socket.close()
+        return spare.pid
+
+    def _fork_warm(self, spec: dict[str, Any]) -> None:
+        """Fork a spare CUDA-warm for ``spec["gpus"]``, unless that set has one; say its pid."""
+        gpus = str(spec.get("gpus"))
+        if gpus in self.warm:
+            return
+        spare = self._new_spare(spec)
+        if spare is not None:
+            self.warm[gpus] = spare
+            self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid})
+
+    def _drop_warm(self, gpus: str) -> None:
+        spare = self.warm.pop(gpus, None)
+        if spare is None:
+            return
+        self._dropped.add(spare.pid)
+        spare.socket.close()
+        with contextlib.suppress(OSError):
+            os.kill(spare.pid, signal.SIGKILL)
 
     def fork_spare(self) -> None:
         """Fork the spare the next job will get, unless there is one; the supervisor hears of it."""
@@ -187,7 +234,7 @@ class Template:
         self.spare = self._new_spare()
         return self.spare is not None
 
-    def _new_spare(self) -> Spare | None:
+    def _new_spare(self, warm: dict[str, Any] | None = None) -> Spare | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -197,7 +244,7 @@ class Template:
             theirs.close()
             return None
         if pid == 0:
-            wait_as_spare(theirs)  # never returns
+            wait_as_spare(theirs, warm)  # never returns
         theirs.close()
         return Spare(pid, ours)
 
@@ -229,14 +276,26 @@ class Template:
             elif self.spare is not None and pid == self.spare.pid:
                 self.spare.socket.close()  # it died waiting; the next job gets a new one
                 self.spare = None
+            elif pid in self._dropped:
+                self._dropped.discard(pid)
+            else:
+                self._warm_lost(pid, status)
+
+    def _warm_lost(self, pid: int, status: int) -> None:
+        for gpus, spare in list(self.warm.items()):
+            if spare.pid == pid:
+                del self.warm[gpus]
+                spare.socket.close()
+                self.send({KIND: FrameKind.WARM_LOST, "gpus": gpus, "pid": pid, "status": status})
 
     def kill_jobs(self) -> None:
         for pid in self.live:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-        if self.spare is not None:  # perhaps not yet in a session of its own
-            with contextlib.suppress(OSError):
-                os.kill(self.spare.pid, signal.SIGKILL)
+        for spare in [self.spare, *self.warm.values()]:
+            if spare is not None:  # perhaps not yet in a session of its own
+                with contextlib.suppress(OSError):
+                    os.kill(spare.pid, signal.SIGKILL)
 
 
 def freeze_heap() -> None:

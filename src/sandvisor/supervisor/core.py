@@ -43,6 +43,7 @@ from sandvisor.supervisor.preload_trials import PreloadPolicy
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
+from sandvisor.supervisor.warm_spares import WarmPolicy
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class Supervisor:
                 self.settings.preload,
                 self._base_env,
                 PreloadPolicy.from_settings(self.settings),
+                WarmPolicy.from_settings(self.settings),
             )
             try:
                 await self._templates.get(sys.executable)  # warm before any job

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -141,6 +141,22 @@ def gpu_memory_by_pid() -> dict[int, int]:
         return {}
 
 
+def free_memory_mb(indices: Iterable[int]) -> dict[int, int]:
+    """Free memory (MiB) of each GPU in ``indices`` as NVML reports it; {} where NVML does not
+    answer (no driver, or a device that stopped answering)."""
+    nvml = _nvml()
+    if nvml is None:
+        return {}
+    try:
+        return {
+            index: nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).free
+            // 2**20
+            for index in indices
+        }
+    except Exception:  # see _from_nvml
+        return {}
+
+
 @dataclass(frozen=True, eq=False)
 class GpuLease:
     """GPUs held by one job until released (``async with`` or :meth:`GpuPool.release`)."""
@@ -209,6 +225,11 @@ class GpuPool:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def all_free(self, indices: Iterable[int]) -> bool:
+        """Whether no job or instance holds any of the GPUs ``indices``."""
+        free = {gpu.index for gpu in self._free}
+        return all(index in free for index in indices)
 
     def try_acquire(self, count: int) -> GpuLease | None:
         """Hold ``count`` GPUs now if they are free and no earlier job waits; else None."""

@@ -35,7 +35,8 @@ from sandvisor.supervisor.policy import job_environment
 from sandvisor.supervisor.process import ExitInfo
 from sandvisor.supervisor.proctree import ProcessTree, job_comm, terminate_tree
 from sandvisor.supervisor.session import ChildSession
-from sandvisor.supervisor.templates import TemplateLost, TemplatePool
+from sandvisor.supervisor.templates import TemplateLost, TemplatePool, TemplateProcess
+from sandvisor.supervisor.warm_spares import gpu_set
 from sandvisor.supervisor.watchdog import Watchdog
 
 #: Request fields the child needs; the rest (dependencies, limits, ...) is the supervisor's.
@@ -132,6 +133,7 @@ class JobRun:
         self._templates = templates
         self._gpus = gpus
         self._gpu_lease: GpuLease | None = None
+        self._forked_from: TemplateProcess | None = None  # the template of its last attempt
         self._report = Report()  # what the current attempt's child reported
         self.watchdog: Watchdog | None = None
 
@@ -150,6 +152,7 @@ class JobRun:
         finally:
             if self._gpu_lease is not None:
                 self._gpu_lease.release()
+        await self._warm_next()
         # Only a SIGKILL can be the OOM killer's: other jobs skip the second read.
         if (
             oom_kills is not None
@@ -158,6 +161,15 @@ class JobRun:
         ):
             report.oom_kills = (oom_kill_count() or oom_kills) - oom_kills
         return self.context.respond(report)
+
+    async def _warm_next(self) -> None:
+        """The job's GPUs are free again: its template may warm a spare for the next job on
+        them (see warm_spares.py)."""
+        lease, template = self._gpu_lease, self._forked_from
+        if lease is None or not lease.gpus or template is None or self._templates is None:
+            return
+        still_free = self._gpus is not None and self._gpus.all_free(lease.indices)
+        await self._templates.warm_spares.released(template, gpu_set(lease.indices), still_free)
 
     async def _fall_back(self, exc: TemplateLost) -> None:
         self.context.retried = True
@@ -198,6 +210,7 @@ class JobRun:
         )
         try:
             await session.start()
+            self._forked_from = session.template
             self.context.timings.launched = session.launched_at
             return await self._supervise(session)
         except BaseException:

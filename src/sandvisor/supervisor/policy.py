@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
+from sandvisor.protocol.messages import JOB_ENV_VAR
 from sandvisor.supervisor.proctree import job_environ
 from sandvisor.supervisor.settings import ENV_PREFIX, Settings, volume_present
 
@@ -104,3 +105,8 @@ def _home() -> str:
         return pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:  # a uid without a passwd entry (common in containers)
         return "/tmp"
+
+
+def template_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """A job's environment without what marks one job: a template belongs to none."""
+    return {name: value for name, value in env.items() if name != JOB_ENV_VAR}

@@ -23,6 +23,7 @@ from pathlib import Path
 from sandvisor.supervisor.preload_learning import PreloadLearner
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.template_process import TemplateLost, TemplateProcess
+from sandvisor.supervisor.template_ready import TemplateReady
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class PreloadPolicy:
         )
 
 
-def trial_problem(template: TemplateProcess, max_rss_mb: int) -> str | None:
+def trial_problem(template: TemplateReady, max_rss_mb: int) -> str | None:
     """Why a template that imported candidates must not fork jobs, or None when it may.
 
     Each check is something a fork cannot carry or a job would pay for: a Python thread (a fork
@@ -157,12 +158,12 @@ class PreloadTrials:
             return
         bad = {
             name: f"its import failed: {why}"
-            for name, why in template.preload_failed.items()
+            for name, why in template.ready.preload_failed.items()
             if name in batch
         }
         # A job that imports it itself would show that output or warning; a preload hides it.
-        bad |= {n: why for n, why in template.preload_noisy.items() if n in batch}
-        problem = trial_problem(template, self.policy.max_rss_mb)
+        bad |= {n: why for n, why in template.ready.preload_noisy.items() if n in batch}
+        problem = trial_problem(template.ready, self.policy.max_rss_mb)
         if bad or problem is not None:
             await template.stop()
             for name, why in bad.items():

@@ -8,12 +8,17 @@ which also gives its rusage (peak RSS, CPU time) for the classification.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandvisor.protocol.messages import WARM_FAILED_EXIT
+from sandvisor.supervisor.procfs import read_proc
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,34 @@ def spawn_job_child(python: Path | str, pipes: JobPipes, env: dict[str, str]) ->
     return process.pid
 
 
+def spawn_template(
+    python: Path | str, preload: list[str], env: Mapping[str, str]
+) -> tuple[int, socket.socket]:
+    """A template interpreter (``sandbox_child --template``) in its own session, importing
+    ``preload``; its pid and our end of its control socket. Raises OSError."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    args = ["--template", "--control-fd", str(theirs.fileno())]
+    if preload:
+        args += ["--preload", ",".join(preload)]
+    try:
+        process = subprocess.Popen(
+            child_command(python, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    process.returncode = 0  # reaped by wait_for_exit, never by Popen
+    return process.pid, ours
+
+
 async def wait_for_exit(pid: int) -> ExitInfo | None:
     """Wait for our own child ``pid`` to end, without blocking the loop, and reap it.
 
@@ -134,6 +167,38 @@ def _reap(pid: int, blocking: bool) -> ExitInfo | None:
     if waited == 0:
         return None
     return ExitInfo(status, usage.ru_maxrss, usage.ru_utime, usage.ru_stime)
+
+
+def warm_loss(status: int) -> str:
+    """Why a CUDA-warm spare that exited with wait status ``status`` died, in a few words."""
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WARM_FAILED_EXIT:
+        return "its CUDA warm-up failed"
+    return ExitInfo(status).describe()
+
+
+async def end_adopted(pids: Iterable[int]) -> None:
+    """Kill and reap those of ``pids`` that are our children now (a dead template's, which
+    came to us as its subreaper's parent); the rest were reaped already or adopted elsewhere."""
+    me = os.getpid()
+    for pid in pids:
+        found = read_proc(pid)
+        if found is None or found.ppid != me:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await wait_for_exit(pid)
+
+
+def group_is_empty(pgid: int) -> bool:
+    """Whether process group ``pgid`` has no process left, a zombie included; False when the
+    kernel will not say (another user's group)."""
+    try:
+        os.killpg(pgid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
 
 
 def kill_group(pid: int, signum: int) -> bool:

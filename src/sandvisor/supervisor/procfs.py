@@ -59,6 +59,22 @@ class ProcInfo:
         return self.cpu_ticks / _CLOCK_TICKS
 
 
+def children_of(pid: int) -> list[int] | None:
+    """The pids of ``pid``'s children (``/proc/<pid>/task/<pid>/children``); None where the
+    kernel cannot say (no CONFIG_PROC_CHILDREN) or ``pid`` is gone."""
+    try:  # raw reads: this runs once per job, and a text file object costs more than it
+        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = b"".join(iter(lambda: os.read(fd, 65536), b""))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return [int(child) for child in data.split()]
+
+
 def read_proc(pid: int) -> ProcInfo | None:
     """Process ``pid``'s ``/proc/<pid>/stat``; None when it is gone (or never was)."""
     try:

@@ -41,6 +41,7 @@ from sandvisor.supervisor.process import (
 )
 from sandvisor.supervisor.proctree import ProcessTree, terminate_tree
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool, TemplateProcess
+from sandvisor.supervisor.warm_spares import gpu_set
 from sandvisor.supervisor.watchdog import GpuMemoryReader, Watchdog
 
 if TYPE_CHECKING:  # job.py runs its job on a session: a runtime import would be a cycle
@@ -179,7 +180,11 @@ class ChildSession:
         frame = self.spec.job_frame(template.environ if template is not None else None)
         unsent = send_ahead(pipes.channel, encode_frame(frame | dict(extra)))
         if template is not None:
-            child = await template.fork(pipes)
+            gpus = self.spec.gpus
+            key = gpu_set(gpus.indices) if gpus is not None and gpus.gpus else None
+            if key is not None and self._templates is not None:
+                await self._templates.warm_spares.take(template, key)
+            child = await template.fork(pipes, key)
             self.pid, self.exited = child.pid, child.exited
         else:
             self.pid = spawn_job_child(self.spec.python, pipes, self.spec.environment())

@@ -104,6 +104,13 @@ class Settings(BaseModel):
     preload_learn_after: int = Field(default=2, ge=1)
     preload_max_modules: int = Field(default=32, ge=0)
     preload_max_rss_mb: int = Field(default=4096, ge=1)
+    # CUDA-warm spares (supervisor/warm_spares.py): where jobs get GPUs, a spare per free GPU set
+    # with the device's primary context retained through this driver library before its job,
+    # plus a framework warm-up ("torch") if named; only where each GPU has this much free memory.
+    cuda_warm_spares: bool = True
+    cuda_driver_library: str = "libcuda.so.1"
+    cuda_warmup: str = ""
+    cuda_warm_min_free_mb: int = Field(default=4096, ge=0)
 
     # Class instances (actors).
     max_instances: int = 32

@@ -19,17 +19,35 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sandvisor.protocol.frames import EndOfStream, Frame, FrameError
-from sandvisor.protocol.messages import COMMAND_FORK, JOB_ENV_VAR, KIND, SPARE_NAME, FrameKind
+from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_frame
+from sandvisor.protocol.messages import (
+    COMMAND_DROP_WARM,
+    COMMAND_FORK,
+    COMMAND_FORK_WARM,
+    COMMAND_WARM,
+    KIND,
+    SPARE_NAME,
+    FrameKind,
+    warm_frame,
+)
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.escalation import escalate
-from sandvisor.supervisor.process import ExitInfo, JobPipes, child_command, wait_for_exit
-from sandvisor.supervisor.procfs import read_proc, scan
+from sandvisor.supervisor.policy import template_environment
+from sandvisor.supervisor.process import (
+    ExitInfo,
+    JobPipes,
+    end_adopted,
+    group_is_empty,
+    spawn_template,
+    wait_for_exit,
+    warm_loss,
+)
+from sandvisor.supervisor.procfs import children_of, scan
+from sandvisor.supervisor.template_ready import TemplateReady
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +65,12 @@ class ForkedChild:
     exited: asyncio.Future[ExitInfo | None]
 
 
-def template_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """A job's environment without what marks one job: a template belongs to none."""
-    return {name: value for name, value in env.items() if name != JOB_ENV_VAR}
-
-
 class TemplateProcess:
     """One running template and the exits of the children it forked."""
 
-    def __init__(
-        self, python: str, process: subprocess.Popen[bytes], control: socket.socket
-    ) -> None:
+    def __init__(self, python: str, pid: int, control: socket.socket) -> None:
         self.python = python
-        self.pid = process.pid
+        self.pid = pid
         # Which file ``python`` was when this template started: an env that GC removed and a
         # later request rebuilt has the same path but is not the env this template loaded.
         self.interpreter = interpreter_identity(python)
@@ -76,42 +87,24 @@ class TemplateProcess:
         self._stopping = False
         self.alive = True
         self.last_used = time.monotonic()
-        self.preloaded: list[str] = []
-        #: The template's environment, which every child it forks starts with (it never changes).
-        self.environ: dict[str, str] = {}
-        self.cuda_initialized = False  # a preload did it on import: jobs then cannot use CUDA
-        self.preload_failed: dict[str, str] = {}  # module -> its import's error
-        self.preload_noisy: dict[str, str] = {}  # module -> the output or warning of its import
-        self.threads: list[str] = []  # Python threads a preload left running (a fork has none)
-        self.device_open: str | None = None  # a GPU device file a preload opened
-        self.rss_kb = 0  # its resident set when ready
+        self.ready = TemplateReady()  # what it said of itself when it started
+        #: GPU set -> pid of its CUDA-warm spare, as the template announced them
+        self.warm_spares: dict[str, int] = {}
+        #: GPU set -> warm spares of it that died before a job (their warm-up failed, mostly)
+        self.warm_failures: collections.Counter[str] = collections.Counter()
         self.forks = 0
 
     @classmethod
     async def start(
         cls, python: str, preload: list[str], env: Mapping[str, str]
     ) -> TemplateProcess:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        args = ["--template", "--control-fd", str(theirs.fileno())]
-        if preload:
-            args += ["--preload", ",".join(preload)]
+        """A template of ``python`` importing ``preload``, started with ``env`` (less any job's
+        marks) and ready. Raises TemplateLost when it cannot start or never gets ready."""
         try:
-            process = subprocess.Popen(
-                child_command(python, *args),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                env=template_environment(env),
-                start_new_session=True,
-            )
+            pid, control = spawn_template(python, preload, template_environment(env))
         except OSError as exc:
-            ours.close()
             raise TemplateLost(f"cannot start a template with {python}: {exc}") from exc
-        finally:
-            theirs.close()
-        process.returncode = 0  # reaped by wait_for_exit, never by Popen
-        template = cls(python, process, ours)
+        template = cls(python, pid, control)
         await template._connect()
         return template
 
@@ -137,18 +130,11 @@ class TemplateProcess:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)  # a killed process is reaped at once
             raise
-        self.preloaded = list(ready.get("preloaded", []))
-        self.environ = dict(ready.get("environ") or {})
-        self.spare = ready.get("spare")
-        self.preload_failed = dict(ready.get("preload_failed") or {})
-        for name, error in self.preload_failed.items():
+        self.ready = TemplateReady.from_frame(ready)
+        self.spare = self.ready.spare
+        for name, error in self.ready.preload_failed.items():
             log.warning("template %s: preload %s failed: %s", self.python, name, error)
-        self.preload_noisy = dict(ready.get("preload_noisy") or {})
-        self.threads = list(ready.get("threads") or [])
-        self.device_open = ready.get("device_open")
-        self.rss_kb = int(ready.get("rss_kb") or 0)
-        self.cuda_initialized = bool(ready.get("cuda_initialized"))
-        if self.cuda_initialized:
+        if self.ready.cuda_initialized:
             log.warning(
                 "template %s: a preload initialized CUDA on import; jobs forked from it cannot "
                 "use CUDA (take that module out of SANDVISOR_PRELOAD)",
@@ -158,6 +144,16 @@ class TemplateProcess:
             asyncio.create_task(self._read_replies()),
             asyncio.create_task(self._watch_exit()),
         ]
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The environment every child it forks starts with."""
+        return self.ready.environ
+
+    @property
+    def preloaded(self) -> list[str]:
+        """The modules it imported before forking anything."""
+        return self.ready.preloaded
 
     async def _ready(self) -> Frame:
         assert self._reader is not None
@@ -171,17 +167,24 @@ class TemplateProcess:
             why = f"it was not ready within {START_TIMEOUT_S:g} s (is a preload stuck?)"
         raise TemplateLost(f"the template for {self.python} did not start: {why}")
 
-    async def fork(self, pipes: JobPipes) -> ForkedChild:
-        """Fork a job child with the pipes' child ends as its channel, stdout and stderr."""
+    async def fork(self, pipes: JobPipes, gpus: str | None = None) -> ForkedChild:
+        """Fork a job child with the pipes' child ends as its channel, stdout and stderr.
+
+        ``gpus`` (the job's CUDA_VISIBLE_DEVICES): the child is that set's CUDA-warm spare when
+        the template has one (:meth:`warm`), the plain spare otherwise.
+        """
         if not self.alive:
             raise TemplateLost("template is not running")
         loop = asyncio.get_running_loop()
         forked: asyncio.Future[ForkedChild] = loop.create_future()
         self.last_used = time.monotonic()
+        warm = gpus is not None and self.warm_spares.pop(gpus, None) is not None
         async with self._send_lock:
             self._pending_forks.append(forked)
             try:
-                await self._send_fds(list(pipes.child_fds))
+                await self._send_fds(COMMAND_FORK_WARM if warm else COMMAND_FORK, pipes.child_fds)
+                if warm:
+                    await loop.sock_sendall(self._control, encode_frame(warm_frame(gpus)))
             except OSError as exc:
                 self._lost(f"cannot reach it: {exc}")
                 raise TemplateLost(f"cannot reach template: {exc}") from exc
@@ -189,10 +192,33 @@ class TemplateProcess:
         self.forks += 1
         return child
 
-    async def _send_fds(self, fds: list[int]) -> None:
+    async def warm(self, gpus: str, library: str, warmup: str = "") -> None:
+        """Have the template fork a spare CUDA-warm for ``gpus`` (see sandbox_child/cuda_warm.py),
+        unless it has one; it is announced in :attr:`warm_spares`. Raises TemplateLost."""
+        await self._command(COMMAND_WARM, warm_frame(gpus, library=library, warmup=warmup))
+
+    async def drop_warm(self, gpus: str) -> None:
+        """Kill the spare warm for ``gpus``, if any, announced yet or not (its GPU memory is
+        needed elsewhere). Raises TemplateLost."""
+        self.warm_spares.pop(gpus, None)
+        await self._command(COMMAND_DROP_WARM, warm_frame(gpus))
+
+    async def _command(self, command: bytes, frame: Frame) -> None:
+        if not self.alive:
+            raise TemplateLost("template is not running")
+        async with self._send_lock:
+            try:
+                await asyncio.get_running_loop().sock_sendall(
+                    self._control, command + encode_frame(frame)
+                )
+            except OSError as exc:
+                self._lost(f"cannot reach it: {exc}")
+                raise TemplateLost(f"cannot reach template: {exc}") from exc
+
+    async def _send_fds(self, command: bytes, fds: tuple[int, ...]) -> None:
         while True:
             try:
-                socket.send_fds(self._control, [COMMAND_FORK], fds)
+                socket.send_fds(self._control, [command], list(fds))
                 return
             except BlockingIOError:
                 await asyncio.sleep(0.001)
@@ -226,11 +252,23 @@ class TemplateProcess:
             )
         elif kind == FrameKind.SPARE:
             self.spare = frame["pid"]
+        elif kind == FrameKind.WARM:
+            self.warm_spares[frame["gpus"]] = frame["pid"]
+        elif kind == FrameKind.WARM_LOST:
+            self._warm_lost(frame)
         elif kind == FrameKind.EXIT:
             waiter = self._exits.pop(frame["pid"], None)
             if waiter is not None and not waiter.done():
                 info = ExitInfo(frame["status"], frame["maxrss_kb"], frame["utime"], frame["stime"])
                 waiter.set_result(info)
+
+    def _warm_lost(self, frame: Frame) -> None:
+        gpus = frame["gpus"]
+        if self.warm_spares.get(gpus) == frame["pid"]:
+            del self.warm_spares[gpus]
+        self.warm_failures[gpus] += 1
+        why = warm_loss(frame["status"])
+        log.warning("template %s: the warm spare for GPU(s) %s died: %s", self.python, gpus, why)
 
     def _resolve_next_fork(
         self, result: ForkedChild | None = None, error: Exception | None = None
@@ -262,13 +300,7 @@ class TemplateProcess:
             info.pid for info in scan().values() if info.ppid == me and info.comm == SPARE_NAME
         }
         orphans, self._orphans = self._orphans | unannounced, set()
-        for pid in orphans:
-            found = read_proc(pid)
-            if found is None or found.ppid != me:
-                continue  # reaped by the template before it died, or adopted elsewhere
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            await wait_for_exit(pid)
+        await end_adopted(orphans)
 
     def _lost(self, reason: str) -> None:
         """The template is gone: every waiter learns it now rather than hanging."""
@@ -287,6 +319,8 @@ class TemplateProcess:
         if self.spare is not None:
             self._orphans.add(self.spare)
             self.spare = None
+        self._orphans.update(self.warm_spares.values())
+        self.warm_spares.clear()
         self._exits.clear()
 
     def strays(self) -> list[int] | None:
@@ -296,18 +330,14 @@ class TemplateProcess:
         with ``setsid`` and a double fork) becomes the template's child once the job's own
         process is gone, unless it is still in the job's process group.
         """
-        try:  # raw reads: this runs once per job, and a text file object costs more than it
-            fd = os.open(f"/proc/{self.pid}/task/{self.pid}/children", os.O_RDONLY)
-        except OSError:
-            return None  # no CONFIG_PROC_CHILDREN, or the template is gone
-        try:
-            data = b"".join(iter(lambda: os.read(fd, 65536), b""))
-        except OSError:
+        children = children_of(self.pid)
+        if children is None:
             return None
-        finally:
-            os.close(fd)
+        warm = self.warm_spares.values()
         return [
-            pid for pid in map(int, data.split()) if pid not in self._exits and pid != self.spare
+            pid
+            for pid in children
+            if pid not in self._exits and pid != self.spare and pid not in warm
         ]
 
     def job_left_nothing(self, pid: int) -> bool:
@@ -316,14 +346,7 @@ class TemplateProcess:
         True only when its process group is empty and the template has no stray children: then
         a scan of the process table would find nothing (and costs more than a short job).
         """
-        try:
-            os.killpg(pid, 0)
-            return False  # something (perhaps a zombie) is still in its group
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            return False
-        return self.alive and self.strays() == []
+        return group_is_empty(pid) and self.alive and self.strays() == []
 
     def leftovers(self) -> list[int]:
         """The template's stray children, when they can only be leftovers of jobs that ended.

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sandvisor.supervisor.gpus import free_memory_mb
 from sandvisor.supervisor.preload_trials import PreloadPolicy, PreloadTrials
 from sandvisor.supervisor.process import JobPipes
 from sandvisor.supervisor.template_process import (
@@ -26,6 +27,7 @@ from sandvisor.supervisor.template_process import (
     TemplateProcess,
     interpreter_identity,
 )
+from sandvisor.supervisor.warm_spares import WarmPolicy, WarmSpares
 
 __all__ = ["ForkedChild", "TemplateLost", "TemplatePool", "TemplateProcess"]
 
@@ -45,13 +47,16 @@ class TemplatePool:
         preload: list[str],
         env: Mapping[str, str],
         policy: PreloadPolicy | None = None,
+        warm: WarmPolicy | None = None,
     ) -> None:
         """``preload``: modules every template imports (``SANDVISOR_PRELOAD``); ``env``: the
         environment of a template started without one given; ``policy``: how templates learn
-        more preloads from their jobs (default: learned, kept in memory only)."""
+        more preloads from their jobs (default: learned, kept in memory only); ``warm``: which
+        CUDA-warm spares templates keep for GPU jobs (default: none)."""
         self._limit = max(1, limit)
         self._env = dict(env)
         self._envs: dict[str, dict[str, str]] = {}  # key -> the env its template started with
+        self.warm_spares = WarmSpares(warm or WarmPolicy(enabled=False), free_memory_mb)
         self.trials = PreloadTrials(
             policy or PreloadPolicy(), preload, TemplateProcess.start, self._install
         )

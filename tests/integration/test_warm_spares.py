@@ -1,0 +1,166 @@
+"""CUDA-warm spares, against a fake CUDA driver (a shared library with the driver API's
+signatures, tests/fakes/fake_cuda.c): a GPU job's spare is warmed for its GPU set once the set is
+free, the next job on exactly that set gets it, and no job ever gets one warmed for other GPUs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.helpers import eventually, function_request, make_settings
+
+from sandvisor.protocol.models import FunctionResponse
+from sandvisor.supervisor.core import Supervisor
+from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.template_process import TemplateProcess
+
+FAKE_DRIVER = Path(__file__).parent.parent / "fakes" / "fake_cuda.c"
+
+#: What the job finds: how many primary contexts its own process retained before it ran (a warm
+#: spare retained one per visible GPU), and the GPUs it was given.
+SEES_WARMTH = """
+import ctypes, os
+def main(library):
+    return [ctypes.CDLL(library).fake_retained(), os.environ["CUDA_VISIBLE_DEVICES"]]
+"""
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None, reason="the fake CUDA driver needs a C compiler (cc)"
+)
+
+
+class FakeDriver:
+    def __init__(self, library: Path, log: Path) -> None:
+        self.library = library
+        self.log = log
+
+    def calls(self, name: str) -> list[tuple[int, str]]:
+        """``(pid, detail)`` of each ``name`` call, in order."""
+        if not self.log.exists():
+            return []
+        found = []
+        for line in self.log.read_text().splitlines():
+            pid, call, detail = line.split(" ", 2)
+            if call == name:
+                found.append((int(pid), detail))
+        return found
+
+
+@pytest.fixture
+def fake_driver(tmp_path: Path) -> Callable[..., FakeDriver]:
+    def build(fail: bool = False) -> FakeDriver:
+        log = tmp_path / f"cuda-{'fail' if fail else 'ok'}.log"
+        library = tmp_path / f"libfakecuda-{'fail' if fail else 'ok'}.so"
+        defines = [f'-DFAKE_CUDA_LOG="{log}"', *(["-DFAKE_CUDA_FAIL"] if fail else [])]
+        subprocess.run(
+            ["cc", "-shared", "-fPIC", "-O1", *defines, "-o", str(library), str(FAKE_DRIVER)],
+            check=True,
+        )
+        return FakeDriver(library, log)
+
+    return build
+
+
+def two_gpus(tmp_path: Path, driver: FakeDriver, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "gpus": "0,1",
+        "cuda_driver_library": str(driver.library),
+        "cuda_warm_min_free_mb": 0,
+    }
+    return make_settings(tmp_path / "home", **(values | overrides))
+
+
+async def sees(sup: Supervisor, driver: FakeDriver, gpus: int = 1) -> list[object]:
+    response: FunctionResponse = await sup.run(
+        function_request(SEES_WARMTH, args=[str(driver.library)], limits={"gpus": gpus})
+    )
+    assert response.success, response.error
+    return response.json_result
+
+
+def base_template(sup: Supervisor) -> TemplateProcess:
+    assert sup.templates is not None
+    (template,) = sup.templates.running.values()
+    return template
+
+
+async def test_the_next_job_on_the_same_gpus_gets_a_warm_spare(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver]
+) -> None:
+    driver = fake_driver()
+    async with Supervisor(two_gpus(tmp_path, driver)) as sup:
+        assert await sees(sup, driver) == [0, "0"]  # the first one is cold
+        template = base_template(sup)
+        assert await eventually(lambda: "0" in template.warm_spares)
+        warm_pid = template.warm_spares["0"]
+        assert await sees(sup, driver) == [1, "0"]
+        # The spare initialized the driver for exactly the job's GPUs, and it became the job.
+        assert (warm_pid, "0") in driver.calls("cuInit")
+        assert (warm_pid, "0") in driver.calls("cuDevicePrimaryCtxRetain")
+        # The template itself never touched the driver.
+        assert template.pid not in {pid for pid, _ in driver.calls("cuInit")}
+
+
+async def test_a_job_never_gets_a_spare_warmed_for_other_gpus(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver]
+) -> None:
+    driver = fake_driver()
+    async with Supervisor(two_gpus(tmp_path, driver)) as sup:
+        await sees(sup, driver)
+        template = base_template(sup)
+        assert await eventually(lambda: "0" in template.warm_spares)
+        # Both GPUs: the spare warm for GPU 0 alone is dropped (its context would hold memory
+        # on the job's GPU) and the job starts cold.
+        assert await sees(sup, driver, gpus=2) == [0, "0,1"]
+        assert await eventually(lambda: list(template.warm_spares) == ["0,1"])
+        # One GPU again: "0,1" is not its set; dropped, cold, and "0" is warmed for the next.
+        assert await sees(sup, driver) == [0, "0"]
+        assert await eventually(lambda: list(template.warm_spares) == ["0"])
+        retained = driver.calls("cuDevicePrimaryCtxRetain")
+        assert [detail for _, detail in retained] == ["0", "0", "1", "0"]
+
+
+async def test_a_failing_warm_up_is_given_up_after_a_few_tries(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver]
+) -> None:
+    driver = fake_driver(fail=True)
+    async with Supervisor(two_gpus(tmp_path, driver)) as sup:
+        template = base_template(sup)
+        for tries in range(1, 4):
+            assert await sees(sup, driver) == [0, "0"]
+            assert await eventually(lambda tries=tries: template.warm_failures["0"] == tries)
+        assert await sees(sup, driver) == [0, "0"]
+        assert template.warm_spares == {} and template.warm_failures["0"] == 3
+        assert len(driver.calls("cuInit")) == 3
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"cuda_warm_spares": False}, {"gpus": ""}], ids=["turned-off", "no-gpus"]
+)
+async def test_no_warm_spares_when_off_or_without_gpus(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver], overrides: dict[str, object]
+) -> None:
+    driver = fake_driver()
+    async with Supervisor(two_gpus(tmp_path, driver, **overrides)) as sup:
+        response = await sup.run(function_request("def main():\n    return 1\n"))
+        assert response.success, response.error
+        response = await sup.run(function_request("def main():\n    return 1\n"))
+        assert response.success and base_template(sup).warm_spares == {}
+        assert driver.calls("cuInit") == []
+
+
+async def test_no_warm_spare_where_gpu_memory_is_short(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver]
+) -> None:
+    driver = fake_driver()
+    settings = two_gpus(tmp_path, driver, cuda_warm_min_free_mb=4096)
+    async with Supervisor(settings) as sup:
+        assert sup.templates is not None
+        # What NVML would say of a device another process filled (NVML is not here).
+        sup.templates.warm_spares._free_memory_mb = lambda indices: dict.fromkeys(indices, 1024)
+        assert await sees(sup, driver) == [0, "0"]
+        assert await sees(sup, driver) == [0, "0"]
+        assert base_template(sup).warm_spares == {} and driver.calls("cuInit") == []
