@@ -277,6 +277,9 @@ def serve_lb(settings: Settings, environ: Mapping[str, str], host: str, port: in
 
     from sandvisor.worker.serve import default_concurrency
 
+    # uvicorn configures only its own loggers; ours (jobs started and ended, forwards) too.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+
     app = create_app(settings, environ, default_concurrency(settings))
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info")
     server = uvicorn.Server(config)
