@@ -40,9 +40,9 @@ pytestmark = pytest.mark.compat
 async def lb_worker(
     tmp: Path, environ: dict[str, str], concurrency: int = 2, **settings: Any
 ) -> AsyncIterator[tuple[str, LbWorker]]:
-    app = create_app(
-        make_settings(tmp / "home", app_dir=tmp / "app", **settings), environ, concurrency
-    )
+    # No runpod preload (a Flash deployment's default): it costs every start 2.6 s here.
+    values = {"app_dir": tmp / "app", "flash_preload": []} | settings
+    app = create_app(make_settings(tmp / "home", **values), environ, concurrency)
     async with serving(app) as url:
         worker: LbWorker = app.state.worker
         assert await eventually(worker.ready.is_set, 60), "the worker did not warm up"

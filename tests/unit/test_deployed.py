@@ -77,3 +77,18 @@ def test_lb_mode_and_address() -> None:
     for port in ("http", "70000"):
         with pytest.raises(SettingsError, match="invalid port"):
             lb_address(["--port", port], {})
+
+
+async def test_a_flash_deployment_preloads_runpod(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", app_dir=tmp_path / "app", preload=["json"])
+    app = await DeployedApp.prepare(settings, flash_environ("api", make_artifact(tmp_path)))
+    assert app.settings_for(settings).preload == ["json", "runpod"]
+    assert app.settings_for(app.settings_for(settings)).preload == ["json", "runpod"]
+    plain = await DeployedApp.prepare(settings, {})
+    assert plain.settings_for(settings) is settings
+
+
+async def test_the_flash_preload_is_a_setting(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", app_dir=tmp_path / "app", flash_preload="")
+    app = await DeployedApp.prepare(settings, flash_environ("api", make_artifact(tmp_path)))
+    assert app.settings_for(settings) is settings

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # Warm templates.
     templates: bool = True
     preload: list[str] = Field(default_factory=list)
+    # Added to `preload` on a Flash deployment: deployed modules import runpod_flash, which
+    # imports runpod (see worker/deployed.py).
+    flash_preload: list[str] = Field(default_factory=lambda: ["runpod"])
     max_templates: int = 4
 
     # Class instances (actors).
@@ -110,7 +113,7 @@ class Settings(BaseModel):
     runpod_prompt_take: bool = True
     progress_interval_s: float = 0.5
 
-    @field_validator("secret_vars", "pass_vars", "preload", mode="before")
+    @field_validator("secret_vars", "pass_vars", "preload", "flash_preload", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -21,7 +21,7 @@ from sandvisor.protocol.models import FunctionResponse
 from sandvisor.supervisor.errors import DeploymentError
 from sandvisor.supervisor.outcome import failed
 from sandvisor.supervisor.settings import Settings
-from sandvisor.worker.artifact import artifact_path, unpack, unpack_wanted
+from sandvisor.worker.artifact import artifact_path, is_flash_deployment, unpack, unpack_wanted
 from sandvisor.worker.routing import Router
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class DeployedApp:
 
     error: DeploymentError | None = None
     router: Router | None = None
+    flash: bool = False  # a Flash deployment whose app can be served
     notes: list[str] = field(default_factory=list)  # what the start did, as lines for the log
 
     @classmethod
@@ -60,12 +61,27 @@ class DeployedApp:
                 return app
             verb = "unpacked" if done.extracted else "already unpacked"
             app.notes.append(f"{verb} {artifact} into {done.app_dir} (sha256 {done.digest[:12]})")
+        app.flash = is_flash_deployment(environ)
         app.router = Router.from_env(settings.app_dir, environ)
         if app.router is not None:
             app.notes.append(
                 f"resource {app.router.resource}: other resources' functions forwarded"
             )
         return app
+
+    def settings_for(self, settings: Settings) -> Settings:
+        """``settings`` with ``flash_preload`` (``runpod``) added to the templates' preload on a
+        Flash deployment.
+
+        A deployed module imports ``runpod_flash`` (for ``@remote``), which imports ``runpod``:
+        about 2.6 s that every job, a fresh fork of its template, would pay again. Preloaded
+        (it is our own dependency, not the app's code), a job importing such a module starts in
+        about 0.8 s instead of 3.4 s on the 2-core development VM.
+        """
+        extra = [name for name in settings.flash_preload if name not in settings.preload]
+        if not self.flash or not extra:
+            return settings
+        return settings.model_copy(update={"preload": [*settings.preload, *extra]})
 
     async def preflight(self, raw: Any) -> FunctionResponse | None:
         """The answer to ``raw`` when it is not to run here (see the module's table); else None."""

@@ -80,7 +80,7 @@ class LbWorker:
                 print(f"sandvisor: {line}", file=sys.stderr, flush=True)
             if self.deployed.error is None:
                 self.add_routes(app)
-            supervisor = Supervisor(self.settings)
+            supervisor = Supervisor(self.deployed.settings_for(self.settings))
             await supervisor.__aenter__()
             self.supervisor = supervisor
         except Exception as exc:  # /ping says so; the platform replaces the worker
@@ -114,14 +114,12 @@ class LbWorker:
     # -- requests ---------------------------------------------------------------------------
 
     async def answer(self, request: Request, raw: Any) -> FunctionResponse | None:
-        """The FunctionResponse for ``raw``; None when the client left before it was ready."""
+        """The FunctionResponse for ``raw``; None when the client left before it was ready
+        (its job, or its forward, is then cancelled)."""
         await self.ready.wait()
         if self.supervisor is None:
             return failure(ErrorType.LOST, f"lost: {self.start_error or 'the worker is stopping'}")
-        early = await self.deployed.preflight(raw)
-        if early is not None:
-            return early
-        job = asyncio.ensure_future(self._run(raw))
+        job = asyncio.ensure_future(self._answer(raw))
         gone = asyncio.ensure_future(client_gone(request))
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +129,10 @@ class LbWorker:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
         return None if job.cancelled() else job.result()
+
+    async def _answer(self, raw: Any) -> FunctionResponse:
+        early = await self.deployed.preflight(raw)
+        return early if early is not None else await self._run(raw)
 
     async def _run(self, raw: Any) -> FunctionResponse:
         assert self.supervisor is not None

@@ -91,6 +91,7 @@ def serve_queue(settings: Settings, argv: Sequence[str]) -> int:
     for line in deployed.notes:
         print(f"sandvisor: {line}", file=sys.stderr)
     set_deployed_app(deployed)
+    settings = deployed.settings_for(settings)
     host = get_host(settings)
     concurrency = default_concurrency(settings)
     test_input = "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
