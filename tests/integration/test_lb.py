@@ -30,8 +30,11 @@ from tests.servers import FakeQueueEndpoint, FakeStateManager, serving
 from tests.unit.test_artifact import add_file
 from tests.unit.test_artifact import make_artifact as make_tar
 
+from sandvisor.protocol.models import ErrorType
 from sandvisor.worker import lb as lb_module
 from sandvisor.worker.lb import LbWorker, create_app
+from sandvisor.worker.routing import Router
+from sandvisor.worker.state_manager import EndpointDirectory
 
 pytestmark = pytest.mark.compat
 
@@ -260,3 +263,21 @@ async def test_another_resources_function_is_forwarded(tmp_path: Path) -> None:
     assert stub.handle_response(FlashResponse(**body)) == "embedded by embed"
     assert [job["input"]["function_name"] for job in queue.jobs] == ["embed"]
     assert queue.authorizations == ["Bearer k"]
+
+
+async def test_a_queue_worker_forwards_to_a_real_lb_worker(
+    tmp_path: Path, api: tuple[str, LbWorker]
+) -> None:
+    """gpu_worker's router sends ``add`` and ``fail`` to this sandvisor's routes."""
+    url, _ = api
+    directory = EndpointDirectory(None, fallback={"api": url})
+    router = Router(tmp_path / "app", "gpu_worker", directory)
+    added = await router.route(
+        {"function_name": "add", "kwargs": {"a": 1, "b": 2}, "serialization_format": "json"}
+    )
+    assert added is not None and (added.success, added.json_result) == (True, 3)
+    failed = await router.route(
+        {"function_name": "fail", "kwargs": {"reason": "x"}, "serialization_format": "json"}
+    )
+    assert failed is not None and failed.error_type is ErrorType.USER_EXCEPTION
+    assert (failed.error or "").startswith("RuntimeError: route failed: x")

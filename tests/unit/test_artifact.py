@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -218,3 +220,34 @@ async def test_hostile_or_broken_archives_are_refused_whole(
     assert not app.exists()  # nothing half-made is left to be used
     assert [p.name for p in app.parent.iterdir()] == [".app.unpack.lock"]
     assert not (tmp_path / "escaped.py").exists() and not Path("/tmp/escaped.py").exists()
+
+
+UNPACK_IN_A_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from sandvisor.worker.artifact import unpack
+done = asyncio.run(unpack(Path(sys.argv[1]), Path(sys.argv[2])))
+print("extracted" if done.extracted else "reused")
+"""
+
+
+def test_workers_in_separate_processes_extract_once(tmp_path: Path) -> None:
+    archive = make_artifact(tmp_path / "artifact.tar.gz")
+    app = tmp_path / "volume" / "app"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", UNPACK_IN_A_PROCESS, str(archive), str(app)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    said = sorted(worker.communicate(timeout=60)[0].strip() for worker in workers)
+    assert said == ["extracted", "reused", "reused"]
+    assert (app / "workers" / "gpu.py").is_file()
+
+
+async def test_an_empty_app_dir_is_filled(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    assert (await unpack(make_artifact(tmp_path / "a.tgz"), tmp_path / "app")).extracted
+    assert (tmp_path / "app" / "flash_manifest.json").is_file()
