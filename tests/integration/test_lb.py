@@ -92,8 +92,10 @@ async def test_ping_is_204_while_warming_then_200(
     monkeypatch.setattr(lb_module.DeployedApp, "prepare", held)
     app = create_app(make_settings(tmp_path / "home", app_dir=tmp_path / "app"), {}, 1)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
-        assert (await client.get("/ping")).status_code == 204
-        release.set()
+        try:
+            assert (await client.get("/ping")).status_code == 204
+        finally:
+            release.set()  # a stop waits for the warm-up
         assert await eventually(app.state.worker.ready.is_set, 60)
         pong = await client.get("/ping")
         assert (pong.status_code, pong.json()) == (200, {"status": "healthy"})

@@ -238,8 +238,8 @@ def create_app(settings: Settings, environ: Mapping[str, str], concurrency: int 
         try:
             yield
         finally:
-            if not warming.done():
-                warming.cancel()
+            # Not cancelled: a Supervisor cut off half-way into its start would leave its
+            # template behind. A stop while warming waits for the warm-up, then undoes it.
             await asyncio.gather(warming, return_exceptions=True)
             await worker.stop()
 
