@@ -169,6 +169,10 @@ async def test_routes_over_plain_http(api: tuple[str, LbWorker]) -> None:
             assert refused.status_code == 400
             assert refused.json()["error_type"] == "invalid_request"
         assert (await client.post("/nowhere", json={})).status_code == 404
+        for unfit in ({"a": 1}, {"a": 1, "b": 2, "c": 3}):
+            refused = await client.post("/add", json=unfit)
+            assert refused.status_code == 422
+            assert refused.json()["error"].startswith("TypeError: add() ")
 
 
 async def test_a_route_that_times_out_is_504(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ What worker-flash serves there (worker-tetra 1.0.0 ``src/lb_handler.py``, runpod
                      that is not JSON
     {method} {path}  each route the manifest gives this resource's functions: path, query and
                      JSON-object body are the keyword arguments, the result is the JSON answer;
-                     400 bad input, 500 a failed job (its error in the body), 502 a failed
-                     forward, 503 an app that cannot be served, 504 a timeout
+                     400 bad input, 422 arguments that do not fit the function, 500 a failed
+                     job (its error in the body), 502 a failed forward, 503 an app that
+                     cannot be served, 504 a timeout
 
 Every job runs in its own child through ``Supervisor`` (the same limits as the queue path), at
 most ``concurrency`` at once (later requests wait their turn), and is cancelled (its process
@@ -57,6 +58,14 @@ STATUS_OF: dict[ErrorType | None, int] = {
     ErrorType.DEPLOYMENT: 503,
     ErrorType.CANCELLED: 503,
 }
+#: How Python's own TypeError goes on, after "f() ", when a call's arguments do not fit f.
+_ARGUMENTS_DO_NOT_FIT = (
+    "missing ",
+    "got an unexpected keyword argument",
+    "takes ",
+    "got multiple values",
+    "got some positional-only arguments",
+)
 
 
 class LbWorker:
@@ -167,7 +176,7 @@ class LbWorker:
                 return Response(status_code=499)  # nobody reads it: the client left
             if response.success:
                 return JSONResponse(response.json_result)
-            return error_response(response)
+            return error_response(response, route_status(response, function))
 
         endpoint.__name__ = f"route_{function}"
         return endpoint
@@ -214,8 +223,23 @@ async def route_arguments(request: Request) -> dict[str, Any]:
     return kwargs
 
 
-def error_response(response: FunctionResponse) -> JSONResponse:
-    status = STATUS_OF.get(response.error_type, 500)
+def route_status(response: FunctionResponse, function: str) -> int:
+    """The HTTP status of a route's failed job: :data:`STATUS_OF` by its error type, and 422
+    when the request's arguments do not fit the function (Python's TypeError naming it, as
+    runpod-flash's own routes answer a body that does not fit the signature with 422)."""
+    first = (response.error or "").partition("\n")[0]
+    prefix = f"TypeError: {function}() "
+    if (
+        response.error_type is ErrorType.USER_EXCEPTION
+        and first.startswith(prefix)
+        and first[len(prefix) :].startswith(_ARGUMENTS_DO_NOT_FIT)
+    ):
+        return 422
+    return STATUS_OF.get(response.error_type, 500)
+
+
+def error_response(response: FunctionResponse, status: int | None = None) -> JSONResponse:
+    status = status or STATUS_OF.get(response.error_type, 500)
     body = {
         "error": response.error,
         "error_type": response.error_type.value if response.error_type else None,
