@@ -7,6 +7,7 @@ live, and forwards: queue targets through ``/runsync``, load-balanced ones throu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,25 @@ def test_router_from_env() -> None:
     assert Router.from_env(Path("/nonexistent"), {}) is None
     no_env = Router.from_env(Path("/nonexistent"), {"FLASH_RESOURCE_NAME": "api"})
     assert no_env is not None and no_env.directory.config is None
+
+
+async def test_a_target_that_does_not_answer_in_time_is_a_timeout(app_dir: Path) -> None:
+    release = asyncio.Event()
+    hanging = FastAPI()
+
+    @hanging.post("/runsync")
+    async def runsync() -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    async with serving(hanging) as url:
+        directory = EndpointDirectory(None, fallback={"gpu_worker": url})
+        routing = Router(app_dir, "api", directory, margin_s=0.0)
+        try:
+            response = await routing.route({"function_name": "embed", "limits": {"timeout_s": 0.2}})
+        finally:
+            release.set()
+    assert response is not None and response.error_type is ErrorType.TIMEOUT
+    assert (response.error or "").startswith(
+        "timed out: resource 'gpu_worker' did not answer in time"
+    )

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_FORWARD_TIMEOUT_S = 300.0
 #: How often a queued forwarded job's status is asked for after /runsync came back unfinished.
 STATUS_POLL_S = 1.0
+#: Added to a forwarded request's own ``limits.timeout_s``: the trip and the target's queue.
+FORWARD_MARGIN_S = 30.0
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
@@ -81,7 +83,8 @@ class Router:
 
     Takes: the app dir (its ``flash_manifest.json`` says who serves what), this worker's
     resource name, the endpoint directory, the worker's RunPod API key (sent to queue
-    endpoints) and the status poll interval in seconds.
+    endpoints), the status poll interval and the margin added to a request's own timeout
+    (seconds; without ``limits.timeout_s`` a forward may take DEFAULT_FORWARD_TIMEOUT_S).
     Guarantees: :meth:`route` never raises for a request; it answers None (run it here) or the
     forwarded FunctionResponse, a failed one when forwarding was impossible.
     """
@@ -93,12 +96,14 @@ class Router:
         directory: EndpointDirectory,
         api_key: str = "",
         poll_s: float = STATUS_POLL_S,
+        margin_s: float = FORWARD_MARGIN_S,
     ) -> None:
         self.app_dir = app_dir
         self.resource = resource
         self.directory = directory
         self.api_key = api_key
         self.poll_s = poll_s
+        self.margin_s = margin_s
         self._manifest: dict[str, Any] | None = None
 
     @classmethod
@@ -162,7 +167,7 @@ class Router:
 
     def _timeout(self, request: FunctionRequest) -> float:
         if request.limits is not None and request.limits.timeout_s:
-            return request.limits.timeout_s + 30.0  # its own limit, and a margin for the trip
+            return request.limits.timeout_s + self.margin_s  # its limit, and the trip
         return DEFAULT_FORWARD_TIMEOUT_S
 
     async def _forward_queue(
