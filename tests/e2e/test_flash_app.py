@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,16 @@ from runpod_flash.protos.remote_execution import FunctionResponse as FlashRespon
 from runpod_flash.runtime.serialization import serialize_args
 from runpod_flash.stubs.live_serverless import LiveServerlessStub
 from runpod_flash.stubs.load_balancer_sls import LoadBalancerSlsStub
-from tests.e2e.conftest import ServeProcess, free_port, post_json, serve_env, wait_until
+from tests.e2e.conftest import (
+    MARKER_VAR,
+    SANDVISOR,
+    ServeProcess,
+    free_port,
+    kill_leftovers,
+    post_json,
+    serve_env,
+    wait_until,
+)
 from tests.flash_app import flash_environ
 from tests.flash_app import make_artifact as make_test_artifact
 from tests.servers import FakeStateManager, serving
@@ -230,3 +240,29 @@ def test_a_truncated_artifact_is_an_answer_not_a_crash(tmp_path: Path, artifact:
     finally:
         left = server.stop()
     assert not left, f"processes left behind: {left}"
+
+
+def test_a_queue_worker_with_a_hostile_artifact_answers_its_job(tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        link = tarfile.TarInfo("./etc")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+        tar.addfile(link)
+    env = serve_env(tmp_path / "home", **flash_environ("gpu_worker", hostile))
+    env["SANDVISOR_APP_DIR"] = str(tmp_path / "app")
+    job = {"input": {"function_name": "embed"}}
+    done = subprocess.run(
+        [SANDVISOR, "serve", "--test_input", json.dumps(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    left = kill_leftovers(env[MARKER_VAR])
+    assert not left, f"processes left behind: {left}"
+    assert done.returncode == 1  # the job failed; the worker itself did not crash
+    assert "error: the deployed app cannot be served" in done.stderr
+    assert "deployed app unavailable: cannot unpack the build artifact" in done.stdout
+    assert "unsafe member './etc': a link to an absolute path" in done.stdout
+    assert not (tmp_path / "app").exists()
