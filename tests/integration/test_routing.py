@@ -8,6 +8,7 @@ live, and forwards: queue targets through ``/runsync``, load-balanced ones throu
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tests.flash_app import manifest_for, write_build_dir
 from tests.servers import FakeQueueEndpoint, FakeStateManager, dead_url, serving
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
+from sandvisor.supervisor.errors import RoutingError
 from sandvisor.worker.routing import Router
 from sandvisor.worker.state_manager import EndpointDirectory, StateManagerConfig
 
@@ -232,3 +234,18 @@ async def test_a_target_that_does_not_answer_in_time_is_a_timeout(app_dir: Path)
     assert (response.error or "").startswith(
         "timed out: resource 'gpu_worker' did not answer in time"
     )
+
+
+async def test_state_manager_answers_read_as_runpod_flash_reads_them(app_dir: Path) -> None:
+    manifest = manifest_for(app_dir) | {"resources_endpoints": {"gpu_worker": "http://q/"}}
+    state = FakeStateManager(json.loads(json.dumps(manifest)))
+    async with serving(state.app()) as state_url:
+        config = StateManagerConfig(f"{state_url}/graphql", KEY, "env-1")
+        assert await EndpointDirectory(config).url_of("gpu_worker") == "http://q"
+        state.manifest = json.dumps(manifest)  # type: ignore[assignment]  # a JSON scalar as text
+        assert await EndpointDirectory(config).url_of("gpu_worker") == "http://q"
+        other = StateManagerConfig(f"{state_url}/graphql", KEY, "env-2")
+        with pytest.raises(RoutingError, match="knows no active build of environment env-2"):
+            await EndpointDirectory(other).url_of("gpu_worker")
+    assert state.calls[0]["variables"] == {"flashEnvironmentId": "env-1"}
+    assert state.calls[1]["variables"] == {"input": "build-1"}
