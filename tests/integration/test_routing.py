@@ -249,3 +249,11 @@ async def test_state_manager_answers_read_as_runpod_flash_reads_them(app_dir: Pa
             await EndpointDirectory(other).url_of("gpu_worker")
     assert state.calls[0]["variables"] == {"flashEnvironmentId": "env-1"}
     assert state.calls[1]["variables"] == {"input": "build-1"}
+
+
+async def test_an_endpoint_url_that_cannot_be_used_is_an_answer(app_dir: Path) -> None:
+    for url in ("not a url", "ftp://127.0.0.1/x", "http://[::1"):
+        directory = EndpointDirectory(None, fallback={"gpu_worker": url})
+        response = await Router(app_dir, "api", directory).route({"function_name": "embed"})
+        assert response is not None and response.error_type is ErrorType.ROUTING, url
+        assert "\n" not in (response.error or ""), url

@@ -155,14 +155,16 @@ class Router:
         except httpx.TimeoutException as exc:
             return failure(
                 ErrorType.TIMEOUT,
-                f"timed out: resource {target.resource!r} did not answer in time ({exc})",
+                f"timed out: resource {target.resource!r} did not answer in time ({one_line(exc)})",
             )
         except httpx.HTTPError as exc:
             return failed(
-                RoutingError(
-                    f"cannot reach resource {target.resource!r} "
-                    f"({type(exc).__name__}: {str(exc) or 'no detail'})"
-                )
+                RoutingError(f"cannot reach resource {target.resource!r} ({one_line(exc)})")
+            )
+        except Exception as exc:  # e.g. an endpoint URL httpx cannot use: still an answer
+            log.exception("forwarding to resource %s failed", target.resource)
+            return failed(
+                RoutingError(f"forwarding to resource {target.resource!r} failed ({one_line(exc)})")
             )
 
     def _timeout(self, request: FunctionRequest) -> float:
@@ -212,6 +214,12 @@ class Router:
             except ValueError:
                 return FunctionResponse(success=True, json_result=response.text)
         return _lb_error(response, target)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, whatever the message holds."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text or 'no detail'}"
 
 
 def _name(request: FunctionRequest) -> str:
