@@ -31,6 +31,7 @@ What we do differently:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import os
@@ -42,7 +43,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandvisor.supervisor.envs.filelock import FileLock
 from sandvisor.supervisor.errors import DeploymentError
 from sandvisor.supervisor.manifest import MANIFEST_NAME
 
@@ -211,14 +211,28 @@ async def unpack(artifact: Path, app_dir: Path) -> Unpacked:
     Takes: the artifact's path and the app dir (created with its parent when missing).
     Returns: what was done. Raises :class:`DeploymentError` with a one-line reason for a
     missing, unreadable, truncated or hostile archive, or an app dir it must not replace.
-    Guarantees: the app dir is the old app or the whole new one, never a part; workers sharing
-    the app dir's filesystem extract one at a time (a ``flock`` beside it, dropped by the kernel
-    if its holder dies).
+    Guarantees: the app dir is the old app or the whole new one (or, for the instant between two
+    renames while an old app is replaced, absent), never a part; workers sharing the app dir's
+    filesystem extract one at a time (a ``flock`` beside it, dropped by the kernel if its holder
+    dies). Cancelling the caller does not stop an unpack under way: the thread holding the lock
+    finishes it, so no other worker takes the lock and removes a staging dir still being filled.
     """
-    app_dir = app_dir.absolute()
+    return await asyncio.to_thread(unpack_blocking, artifact, app_dir.absolute())
+
+
+def unpack_blocking(artifact: Path, app_dir: Path) -> Unpacked:
+    """:func:`unpack` on the calling thread: the lock is waited for with a blocking ``flock``."""
     try:
         app_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            app_dir.with_name(f".{app_dir.name}.unpack.lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o644,
+        )
     except OSError as exc:
-        raise DeploymentError(f"cannot create {app_dir.parent}: {exc}") from exc
-    async with FileLock(app_dir.with_name(f".{app_dir.name}.unpack.lock")):
-        return await asyncio.to_thread(unpack_locked, artifact, app_dir)
+        raise DeploymentError(f"cannot lock {app_dir.parent} to unpack the app: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # never unlinked, unlike the env store's lock files
+        return unpack_locked(artifact, app_dir)
+    finally:
+        os.close(fd)  # drops the lock
