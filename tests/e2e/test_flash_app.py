@@ -31,11 +31,9 @@ from runpod_flash.runtime.serialization import serialize_args
 from runpod_flash.stubs.live_serverless import LiveServerlessStub
 from runpod_flash.stubs.load_balancer_sls import LoadBalancerSlsStub
 from tests.e2e.conftest import (
-    MARKER_VAR,
-    SANDVISOR,
     ServeProcess,
     free_port,
-    kill_leftovers,
+    one_shot,
     post_json,
     serve_env,
     wait_until,
@@ -248,19 +246,8 @@ def test_a_queue_worker_with_a_hostile_artifact_answers_its_job(tmp_path: Path) 
         link = tarfile.TarInfo("./etc")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc"
         tar.addfile(link)
-    env = serve_env(tmp_path / "home", **flash_environ("gpu_worker", hostile))
-    env["SANDVISOR_APP_DIR"] = str(tmp_path / "app")
-    job = {"input": {"function_name": "embed"}}
-    done = subprocess.run(
-        [SANDVISOR, "serve", "--test_input", json.dumps(job)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        start_new_session=True,
-    )
-    left = kill_leftovers(env[MARKER_VAR])
-    assert not left, f"processes left behind: {left}"
+    environ = flash_environ("gpu_worker", hostile, SANDVISOR_APP_DIR=str(tmp_path / "app"))
+    done = one_shot(tmp_path, {"input": {"function_name": "embed"}}, **environ)
     assert done.returncode == 1  # the job failed; the worker itself did not crash
     assert "error: the deployed app cannot be served" in done.stderr
     assert "deployed app unavailable: cannot unpack the build artifact" in done.stdout
