@@ -68,6 +68,9 @@ def test_lb_mode_and_address() -> None:
     assert lb_requested(["--lb"], {})
     assert lb_requested([], {"FLASH_ENDPOINT_TYPE": "lb"})
     assert not lb_requested(["--rp_serve_api"], {"FLASH_ENDPOINT_TYPE": "qb"})
+    # one job on an LB endpoint's image: the one-shot run, unless --lb says otherwise
+    assert not lb_requested(["--test_input", "{}"], {"FLASH_ENDPOINT_TYPE": "lb"})
+    assert not lb_requested(["--test_input={}"], {"FLASH_ENDPOINT_TYPE": "lb"})
     assert lb_address([], {}) == ("0.0.0.0", 80)
     assert lb_address([], {"PORT": "8080"}) == ("0.0.0.0", 8080)
     assert lb_address(["--lb", "--host", "127.0.0.1", "--port", "9"], {"PORT": "1"}) == (

@@ -50,8 +50,15 @@ def concurrency_modifier_for(host: SupervisorHost, concurrency: int) -> Callable
     return concurrency_modifier
 
 
+def has_test_input(argv: Sequence[str]) -> bool:
+    return "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
+
+
 def lb_requested(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
-    return "--lb" in argv or environ.get("FLASH_ENDPOINT_TYPE", "").lower() == "lb"
+    """``--lb``; else ``FLASH_ENDPOINT_TYPE=lb`` unless a ``--test_input`` asks for one job."""
+    if "--lb" in argv:
+        return True
+    return environ.get("FLASH_ENDPOINT_TYPE", "").lower() == "lb" and not has_test_input(argv)
 
 
 def lb_address(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, int]:
@@ -94,7 +101,7 @@ def serve_queue(settings: Settings, argv: Sequence[str]) -> int:
     settings = deployed.settings_for(settings)
     host = get_host(settings)
     concurrency = default_concurrency(settings)
-    test_input = "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
+    test_input = has_test_input(argv)
     # runpod's --test_input path cannot run a generator handler; /stream needs one.
     streaming = settings.runpod_stream and not test_input
 
