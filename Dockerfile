@@ -10,7 +10,11 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/sandvisor \
     UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
-    PATH=/opt/sandvisor/bin:$PATH
+    PATH=/opt/sandvisor/bin:$PATH \
+    SANDVISOR_ALLOW_SYSTEM_DEPENDENCIES=true
+
+# A request's system_dependencies are installed with apt-get, as worker-flash does (the worker
+# runs as root in its container); SANDVISOR_ALLOW_SYSTEM_DEPENDENCIES=false turns that off.
 
 # Not /app: that is where a deployed Flash app lives (SANDVISOR_APP_DIR).
 WORKDIR /opt/sandvisor-src
@@ -20,4 +24,7 @@ RUN uv venv --system-site-packages --python "$(command -v python3)" /opt/sandvis
 COPY src ./src
 RUN uv sync --locked --no-dev --no-editable
 
+# Queue worker by default; FLASH_ENDPOINT_TYPE=lb (set by runpod-flash on load-balanced
+# endpoints) serves HTTP on $PORT (80) instead.
+EXPOSE 80
 CMD ["sandvisor", "serve"]

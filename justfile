@@ -43,7 +43,48 @@ test-handler:
         case "$job" in examples/failing/*) want=1 ;; *) want=0 ;; esac
         if [ "$code" -eq "$want" ]; then echo "ok    $job"; else echo "FAIL  $job (exit $code)"; cat "$log"; failed=1; fi
     done
+    just test-lb-handler || failed=1
     exit $failed
+
+# as worker-flash's `make test-lb-handler`: every examples/*.json POSTed to /execute of
+# `sandvisor serve --lb` on 127.0.0.1; examples/failing/ must answer success: false
+test-lb-handler:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    uv run --quiet python - <<'EOF'
+    import glob, json, os, socket, subprocess, sys, time, urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(os.devnull, "w")
+    server = subprocess.Popen(["sandvisor", "serve", "--lb", "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    def status(path):
+        try:
+            with urllib.request.urlopen(url + path, timeout=1) as answer:
+                return answer.status
+        except OSError:
+            return 0
+    failed = 0
+    try:
+        deadline = time.monotonic() + 60
+        while status("/ping") != 200:
+            if time.monotonic() > deadline or server.poll() is not None:
+                sys.exit("FAIL  the LB worker did not answer /ping with 200")
+            time.sleep(0.2)
+        for job in sorted(glob.glob("examples/*.json")) + sorted(glob.glob("examples/failing/*.json")):
+            body = open(job, "rb").read()
+            request = urllib.request.Request(url + "/execute", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                response = json.loads(answer.read())
+            want = not job.startswith("examples/failing/")
+            ok = response.get("success") is want
+            print(f"{'ok   ' if ok else 'FAIL '} lb {job}")
+            failed |= not ok
+    finally:
+        server.terminate()
+        server.wait(30)
+    sys.exit(failed)
+    EOF
 
 image := "sandvisor"
 

@@ -171,3 +171,19 @@ def request_for(code: str, name: str = "main", **fields: Any) -> dict[str, Any]:
         "serialization_format": "json",
         **fields,
     }
+
+
+def one_shot(tmp_path: Path, job: dict, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``sandvisor serve --test_input`` on ``job``, with ``environ`` added to the worker's."""
+    env = serve_env(tmp_path / "home", **environ)
+    done = subprocess.run(
+        [SANDVISOR, "serve", "--test_input", json.dumps(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    left = kill_leftovers(env[MARKER_VAR])
+    assert not left, f"processes left behind: {left}"
+    return done

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import MARKER_VAR, SANDVISOR, kill_leftovers, request_for, serve_env
+from tests.e2e.conftest import one_shot, request_for
 
 pytestmark = pytest.mark.e2e
-
-
-def one_shot(tmp_path: Path, job: dict) -> subprocess.CompletedProcess[str]:
-    env = serve_env(tmp_path / "home")
-    done = subprocess.run(
-        [SANDVISOR, "serve", "--test_input", json.dumps(job)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        start_new_session=True,
-    )
-    left = kill_leftovers(env[MARKER_VAR])
-    assert not left, f"processes left behind: {left}"
-    return done
 
 
 def test_a_good_job_exits_0_with_its_output(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ def add_serve_command(subparsers: Any) -> None:
         description=(
             "Start runpod-python's worker with sandvisor's handler. Queue mode when "
             "RUNPOD_WEBHOOK_GET_JOB is set; --test_input JSON runs one job and exits; "
-            "--rp_serve_api [--rp_api_port N] serves /run, /runsync, /status, /stream locally."
+            "--rp_serve_api [--rp_api_port N] serves /run, /runsync, /status, /stream locally. "
+            "--lb (or FLASH_ENDPOINT_TYPE=lb) serves a load-balanced endpoint over HTTP instead: "
+            "/ping, /execute and a deployed app's routes on --host (0.0.0.0) and --port "
+            "(PORT, else 80)."
         ),
     )
     parser.set_defaults(handler=serve_command)

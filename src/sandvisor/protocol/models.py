@@ -31,6 +31,11 @@ class ErrorType(str, Enum):
     DEPENDENCY_INSTALL = "dependency_install"
     INVALID_REQUEST = "invalid_request"
     LOST = "lost"
+    # A deployed Flash app this worker cannot serve: its build artifact could not be unpacked.
+    DEPLOYMENT = "deployment"
+    # A function of another resource could not be forwarded: the State Manager or the target
+    # endpoint is unreachable, or the target answered with an HTTP error.
+    ROUTING = "routing"
 
 
 class RequestLimits(BaseModel):

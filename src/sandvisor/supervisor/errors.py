@@ -12,6 +12,9 @@ in one place (``outcome.failed``).
         DeployedAppError        deployed code the app directory cannot provide
         RequirementRejected     a dependency string we will not hand to uv
       EnvError                the job's environment (venv, system packages) cannot be had
+      DeploymentError         the deployed Flash app cannot be served (ErrorType.DEPLOYMENT)
+      RoutingError            a function of another resource cannot be forwarded
+                              (ErrorType.ROUTING)
 """
 
 from __future__ import annotations
@@ -65,3 +68,17 @@ class EnvError(SandvisorError):
         summary, _, detail = message.partition("\n")
         super().__init__(summary, detail)
         self.error_type = error_type
+
+
+class DeploymentError(SandvisorError):
+    """The deployed Flash app cannot be served: its build artifact is missing, truncated or
+    hostile. Found once at start; every request then answers with it."""
+
+    error_type = ErrorType.DEPLOYMENT
+
+
+class RoutingError(SandvisorError):
+    """A request for a function of another resource could not be forwarded there: the State
+    Manager or the target endpoint is unreachable, or the target answered with an HTTP error."""
+
+    error_type = ErrorType.ROUTING

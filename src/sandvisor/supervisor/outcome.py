@@ -57,9 +57,15 @@ class Report:
 INVALID_REQUEST_PREFIX = "invalid request: "
 #: First words of the error of every job whose environment could not be built.
 DEPENDENCY_INSTALL_PREFIX = "dependency install failed: "
+#: First words of every answer of a worker whose deployed app could not be unpacked.
+DEPLOYMENT_PREFIX = "deployed app unavailable: "
+#: First words of every request that could not be forwarded to the resource it belongs to.
+ROUTING_PREFIX = "routing failed: "
 _PREFIXES = {
     ErrorType.INVALID_REQUEST: INVALID_REQUEST_PREFIX,
     ErrorType.DEPENDENCY_INSTALL: DEPENDENCY_INSTALL_PREFIX,
+    ErrorType.DEPLOYMENT: DEPLOYMENT_PREFIX,
+    ErrorType.ROUTING: ROUTING_PREFIX,
 }
 
 

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # Warm templates.
     templates: bool = True
     preload: list[str] = Field(default_factory=list)
+    # Added to `preload` on a Flash deployment: deployed modules import runpod_flash, which
+    # imports runpod (see worker/deployed.py).
+    flash_preload: list[str] = Field(default_factory=lambda: ["runpod"])
     max_templates: int = 4
     # Learned preloads (supervisor/preload_learning.py): a module that this many jobs of an env
     # imported is tried in a new template of that env, up to the caps below.
@@ -126,7 +129,7 @@ class Settings(BaseModel):
     # says so this often (0: never).
     wait_notice_interval_s: float = Field(default=10.0, ge=0)
 
-    @field_validator("secret_vars", "pass_vars", "preload", mode="before")
+    @field_validator("secret_vars", "pass_vars", "preload", "flash_preload", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.outcome import failure
+from sandvisor.worker.deployed import DeployedApp
 from sandvisor.worker.host import Ended, SupervisorStartError, get_host
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,22 @@ async def drive(
 
 # -- the handlers runpod calls -------------------------------------------------------------------
 
+#: The deployed app as the worker's start found it (``serve.py`` sets it); None: plain worker.
+_deployed: DeployedApp | None = None
+
+
+def set_deployed_app(app: DeployedApp | None) -> None:
+    global _deployed
+    _deployed = app
+
+
+async def _preflight(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer when the job is not to run here: a broken app, or another resource's code."""
+    if _deployed is None:
+        return None
+    early = await _deployed.preflight(job.get("input"))
+    return None if early is None else early.to_wire()
+
 
 def supervisor_job_id(job: dict[str, Any], running: Sequence[str]) -> str:
     """The job's own id when it is a safe directory name not already running, else a fresh one."""
@@ -196,6 +213,8 @@ async def _settle(ended: Ended) -> None:
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """runpod handler: the job's input is a FunctionRequest; returns the FunctionResponse dict."""
+    if (early := await _preflight(job)) is not None:
+        return early
     started = await _start_job(job, progress_sink(job), flush_at_end=False)
     if isinstance(started, FunctionResponse):
         return started.to_wire()
@@ -218,6 +237,9 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     def sink(payload: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(items.put_nowait, payload)
 
+    if (early := await _preflight(job)) is not None:
+        yield early
+        return
     started = await _start_job(job, sink, flush_at_end=True)
     if isinstance(started, FunctionResponse):
         yield started.to_wire()

@@ -1,18 +1,24 @@
-"""``sandvisor serve``: runpod-python's worker loop, started with our handler.
+"""``sandvisor serve``: runpod-python's worker loop with our handler, or the HTTP worker.
 
-``import runpod`` costs about 2.6 s, so it happens only in :func:`serve`.
+Queue mode is the default. ``--lb`` or ``FLASH_ENDPOINT_TYPE=lb`` (as runpod-flash sets it on a
+load-balanced endpoint) serves HTTP instead (``lb.py``) on ``--host`` (``0.0.0.0``) and
+``--port`` (``PORT``, else 80). ``import runpod`` costs about 2.6 s, so it happens only in
+:func:`serve_queue`.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sandvisor.supervisor.policy import cache_environment
-from sandvisor.supervisor.settings import Settings
-from sandvisor.worker.handler import handler, stream_handler
+from sandvisor.supervisor.settings import Settings, SettingsError
+from sandvisor.worker.deployed import DeployedApp
+from sandvisor.worker.handler import handler, set_deployed_app, stream_handler
 from sandvisor.worker.host import SupervisorHost, SupervisorStartError, get_host
 
 
@@ -44,14 +50,58 @@ def concurrency_modifier_for(host: SupervisorHost, concurrency: int) -> Callable
     return concurrency_modifier
 
 
+def has_test_input(argv: Sequence[str]) -> bool:
+    return "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
+
+
+def lb_requested(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """``--lb``; else ``FLASH_ENDPOINT_TYPE=lb`` unless a ``--test_input`` asks for one job."""
+    if "--lb" in argv:
+        return True
+    return environ.get("FLASH_ENDPOINT_TYPE", "").lower() == "lb" and not has_test_input(argv)
+
+
+def lb_address(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, int]:
+    """``--host``/``--port`` from ``argv``; else ``0.0.0.0`` and ``PORT`` (default 80).
+
+    Raises SettingsError for a port that is not a number from 0 to 65535.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", default=environ.get("PORT") or "80")
+    options, _ = parser.parse_known_args(list(argv))
+    try:
+        port = int(options.port)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"invalid port {options.port!r} (--port or PORT)")
+    return options.host, port
+
+
 def serve(argv: Sequence[str]) -> int:
-    """Start runpod's worker with our handler; ``argv`` are runpod's own flags, untouched."""
+    """Serve as a RunPod worker: HTTP when asked for (see the module), else runpod's queue loop."""
     settings = Settings.from_env()
     for line in place_caches(settings):
         print(f"sandvisor: {line}", file=sys.stderr)
+    if lb_requested(argv, os.environ):
+        from sandvisor.worker.lb import serve_lb
+
+        host, port = lb_address(argv, os.environ)
+        return serve_lb(settings, os.environ, host, port)
+    return serve_queue(settings, argv)
+
+
+def serve_queue(settings: Settings, argv: Sequence[str]) -> int:
+    """Start runpod's worker with our handler; ``argv`` are runpod's own flags, untouched."""
+    deployed = asyncio.run(DeployedApp.prepare(settings))
+    for line in deployed.notes:
+        print(f"sandvisor: {line}", file=sys.stderr)
+    set_deployed_app(deployed)
+    settings = deployed.settings_for(settings)
     host = get_host(settings)
     concurrency = default_concurrency(settings)
-    test_input = "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
+    test_input = has_test_input(argv)
     # runpod's --test_input path cannot run a generator handler; /stream needs one.
     streaming = settings.runpod_stream and not test_input
 
