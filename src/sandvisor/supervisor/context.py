@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
@@ -20,7 +20,10 @@ from sandvisor.supervisor.output import OutputBuffer
 from sandvisor.supervisor.process import ExitInfo
 from sandvisor.supervisor.watchdog import format_bytes
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
+    from sandvisor.supervisor.identities import IdentityLease, IdentityPool
     from sandvisor.supervisor.job import JobSpec
 
 EventSink = Callable[[LogEvent], Awaitable[None]]
@@ -107,7 +110,20 @@ class JobContext:
 
     async def acquire_gpus_unless_stopped(self, pool: GpuPool, count: int) -> GpuLease | None:
         """Wait for ``count`` GPUs from ``pool``; None if the job is stopped first."""
-        acquiring = asyncio.ensure_future(pool.acquire(count))
+        return await self.acquire_unless_stopped(pool.acquire(count))
+
+    async def hold_identity(self, pool: IdentityPool) -> IdentityLease | None:
+        """A job identity from ``pool``, waited for (and said so) when none is free and empty
+        now; None if the job is stopped first."""
+        lease = pool.try_acquire()
+        if lease is None:
+            await self.say("waiting for a job identity: each is held by a job or an instance")
+            lease = await self.acquire_unless_stopped(pool.acquire())
+        return lease
+
+    async def acquire_unless_stopped(self, waiting: Awaitable[T]) -> T | None:
+        """What ``waiting`` (a pool's acquire) gives; None if the job is stopped first."""
+        acquiring = asyncio.ensure_future(waiting)
         stop = asyncio.ensure_future(self.stopped())
         try:
             await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -99,6 +99,12 @@ class Settings(BaseModel):
     preload: list[str] = Field(default_factory=list)
     max_templates: int = 4
 
+    # Job identities (privilege model): when the supervisor runs as root, each job and actor
+    # runs as one of these uids ("20000-20063", "20000-20003,20010"; "" for none), all with
+    # the one group ``job_gid`` (so the shared model caches can be group-writable).
+    job_uids: str = "20000-20063"
+    job_gid: int = 20000
+
     # Class instances (actors).
     max_instances: int = 32
     instance_ttl_s: float = 1800.0
@@ -149,3 +155,13 @@ class Settings(BaseModel):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    @property
+    def private_dir(self) -> Path:
+        """Where each job under an identity gets its private HOME (TMPDIR and pip site in it)."""
+        return self.home / "private"
+
+    @property
+    def hf_home(self) -> Path:
+        """The shared Hugging Face cache jobs fill (on the volume when the store is there)."""
+        return self.home / "huggingface"
