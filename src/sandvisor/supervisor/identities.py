@@ -2,8 +2,8 @@
 
     acquire: a uid this pool holds and knows empty
              -> else a walk of /proc over the returned uids it must check
-             -> else claim one more uid of the range (a lock file: no other supervisor on the
-                machine hands it out while this one holds it) and check it the same way
+             -> else claim one more uid of the range (a byte lock in a file: no other supervisor
+                on the machine hands it out while this one holds it) and check it the same way
              -> else wait for a release
     release: the holder has killed what it found of its processes; the uid comes back known
              empty when the holder saw its last process go, else to be checked
@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from sandvisor.supervisor.procfs import ProcInfo, processes_of_uids, signal_proc
 
 #: How often a waiting acquire looks again without a release (a leftover may have died).
 RETRY_S = 0.1
+#: The lock file in the lock dir: byte N locked means uid N is claimed by a pool.
+LOCK_FILE = "uids.lock"
+#: ``struct flock`` (type, whence, start, len, pid) as fcntl takes it.
+_FLOCK = struct.Struct("@hhqqi4x")
 
 ProcessFinder = Callable[[Iterable[int]], dict[int, list[ProcInfo]]]
 Killer = Callable[[ProcInfo], object]
@@ -118,7 +123,8 @@ class IdentityPool:
         self._lock_dir = lock_dir
         self._find = find
         self._kill = kill
-        self._locks: dict[int, int] = {}  # claimed uid -> its lock file's descriptor
+        self._claimed: set[int] = set()
+        self._lock_fd = -1  # the lock file, opened on the first claim
         self._empty: deque[int] = deque()  # claimed, free, and known to have no process
         self._to_check: list[int] = []  # claimed, free, maybe not empty
         self._leased: dict[int, IdentityLease] = {}
@@ -134,7 +140,7 @@ class IdentityPool:
         """An identity with no process left, now; None when every one is held or not yet empty."""
         if not self._empty and self._to_check:
             self._check()
-        if not self._empty and self._claim():
+        while not self._empty and self._claim():
             self._check()
         if not self._empty:
             return None
@@ -160,9 +166,10 @@ class IdentityPool:
 
     def close(self) -> None:
         """Let go of every claimed uid (their lock files): the supervisor is done."""
-        for fd in self._locks.values():
-            os.close(fd)
-        self._locks.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # its locks go with it
+            self._lock_fd = -1
+        self._claimed.clear()
 
     def _claim(self) -> bool:
         """Take one more uid of the range that no other process holds; False when none is left."""
@@ -175,16 +182,18 @@ class IdentityPool:
         return False
 
     def _lock(self, uid: int) -> bool:
-        if self._lock_dir is None:
-            self._locks[uid] = -1
-            return True
-        fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._locks[uid] = fd
+        """Lock byte ``uid`` of the machine's lock file: an open-file-description lock, so one
+        descriptor holds every claimed uid and two pools conflict even in one process."""
+        if self._lock_dir is not None:
+            if self._lock_fd < 0:
+                path = self._lock_dir / LOCK_FILE
+                self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, uid, 1, 0)
+            try:
+                fcntl.fcntl(self._lock_fd, fcntl.F_OFD_SETLK, request)
+            except (BlockingIOError, PermissionError):
+                return False  # another pool's
+        self._claimed.add(uid)
         return True
 
     def _check(self) -> None:

@@ -1,0 +1,135 @@
+"""The identity pool's logic, with the process table injected: who gets which uid, and when a
+returned uid may go out again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from sandvisor.supervisor.identities import IdentityError, IdentityPool, parse_uids
+from sandvisor.supervisor.procfs import ProcInfo
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(
+    ("text", "uids"),
+    [
+        ("20000-20003", (20000, 20001, 20002, 20003)),
+        ("5,7-8", (5, 7, 8)),
+        (" 9 , 9-10 ", (9, 10)),
+        ("", ()),
+        (",", ()),
+    ],
+)
+def test_parse_uids_reads_ranges_and_lists(text: str, uids: tuple[int, ...]) -> None:
+    assert parse_uids(text) == uids
+
+
+@pytest.mark.parametrize("text", ["a", "0", "0-3", "5-3", "1-b", "-4"])
+def test_parse_uids_refuses_what_is_no_pool_of_job_uids(text: str) -> None:
+    with pytest.raises(IdentityError):
+        parse_uids(text)
+
+
+def process(pid: int) -> ProcInfo:
+    return ProcInfo(pid, "x", 1, pid, pid, "S", pid * 10, 0, 0)
+
+
+class FakeTable:
+    """The process table the pool sees: uid -> processes; ``kill`` records what it ended."""
+
+    def __init__(self) -> None:
+        self.by_uid: dict[int, list[ProcInfo]] = {}
+        self.killed: list[int] = []
+
+    def find(self, uids: Iterable[int]) -> dict[int, list[ProcInfo]]:
+        wanted = set(uids)
+        return {uid: procs for uid, procs in self.by_uid.items() if uid in wanted and procs}
+
+    def kill(self, info: ProcInfo) -> bool:
+        self.killed.append(info.pid)
+        return True
+
+
+def pool_of(uids: Iterable[int], table: FakeTable, lock_dir: Path | None = None) -> IdentityPool:
+    return IdentityPool(uids, 20000, lock_dir, find=table.find, kill=table.kill)
+
+
+def test_each_holder_gets_its_own_uid_until_none_is_left() -> None:
+    pool = pool_of([1, 2], FakeTable())
+    first, second = pool.try_acquire(), pool.try_acquire()
+    assert first is not None and second is not None
+    assert {first.uid, second.uid} == {1, 2} and first.gid == second.gid == 20000
+    assert pool.try_acquire() is None
+    assert pool.held == {1, 2}
+
+
+def test_a_uid_returned_empty_goes_out_again_without_a_walk() -> None:
+    pool = pool_of([1], FakeTable())
+    lease = pool.try_acquire()
+    assert lease is not None
+    walks = pool.walks
+    lease.release(empty=True)
+    again = pool.try_acquire()
+    assert again is not None and again.uid == 1 and pool.walks == walks
+
+
+def test_a_uid_with_a_process_left_stays_out_and_its_leftover_is_killed() -> None:
+    table = FakeTable()
+    pool = pool_of([1], table)
+    lease = pool.try_acquire()
+    assert lease is not None
+    table.by_uid[1] = [process(4242)]  # the job's tree missed it
+    lease.release()
+    assert pool.try_acquire() is None  # a leftover of uid 1 and nobody holds uid 1
+    assert table.killed == [4242]
+    table.by_uid[1] = []  # the kill took effect
+    again = pool.try_acquire()
+    assert again is not None and again.uid == 1
+
+
+def test_a_uid_with_processes_at_claim_time_is_not_handed_out_until_they_are_gone() -> None:
+    table = FakeTable()
+    table.by_uid[1] = [process(7)]  # left by an earlier supervisor
+    pool = pool_of([1, 2], table)
+    lease = pool.try_acquire()
+    assert lease is not None and lease.uid == 2
+    assert set(table.killed) == {7}  # killed at each walk until it is gone
+
+
+def test_release_twice_is_harmless() -> None:
+    pool = pool_of([1, 2], FakeTable())
+    lease = pool.try_acquire()
+    assert lease is not None
+    lease.release(empty=True)
+    lease.release(empty=True)
+    assert pool.try_acquire() is not None and pool.try_acquire() is not None
+    assert pool.try_acquire() is None
+
+
+def test_two_pools_on_one_machine_never_hand_out_one_uid(tmp_path: Path) -> None:
+    first, second = pool_of([1, 2], FakeTable(), tmp_path), pool_of([1, 2], FakeTable(), tmp_path)
+    a = first.try_acquire()
+    b = second.try_acquire()
+    assert a is not None and b is not None and a.uid != b.uid
+    assert second.try_acquire() is None  # the other uid is the first pool's
+    first.close()
+    c = second.try_acquire()
+    assert c is not None and c.uid == a.uid
+    second.close()
+
+
+async def test_acquire_waits_for_a_release() -> None:
+    pool = pool_of([1], FakeTable())
+    lease = pool.try_acquire()
+    assert lease is not None
+    waiting = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    lease.release(empty=True)
+    again = await asyncio.wait_for(waiting, 5)
+    assert again.uid == 1
