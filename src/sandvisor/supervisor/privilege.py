@@ -19,6 +19,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sandvisor.supervisor.identities import IdentityError, parse_uids
 from sandvisor.supervisor.settings import Settings
@@ -164,7 +165,7 @@ def doctor_line(
     euid: int | None = None,
     devices: Iterable[str] | None = None,
     stat_fn: StatFn = os.stat,
-) -> tuple[str, str]:
+) -> tuple[Literal["ok", "warn", "FAIL"], str]:
     """``(status, line)`` for ``sandvisor doctor``: ``ok`` when jobs run as identities that can
     open every GPU device, ``warn`` when jobs run as the supervisor because it is not root (or
     the pool is empty), ``FAIL`` when it is root but cannot switch, or a job identity cannot

@@ -36,9 +36,16 @@ def volume_present() -> bool:
     return RUNPOD_VOLUME.is_dir()
 
 
+#: The store of a root supervisor without a volume: not under /root, which job identities
+#: cannot pass (see ``privilege.py``).
+ROOT_HOME = Path("/var/lib/sandvisor")
+
+
 def default_home() -> Path:
     if volume_present():
         return RUNPOD_VOLUME / "sandvisor"
+    if os.geteuid() == 0:
+        return ROOT_HOME
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "sandvisor"
 
