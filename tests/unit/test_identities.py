@@ -4,12 +4,18 @@ returned uid may go out again."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from sandvisor.supervisor.identities import IdentityError, IdentityPool, parse_uids
+from sandvisor.supervisor.identities import (
+    IdentityError,
+    IdentityPool,
+    fresh_private_home,
+    parse_uids,
+)
 from sandvisor.supervisor.procfs import ProcInfo
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,7 +62,8 @@ class FakeTable:
 
 
 def pool_of(uids: Iterable[int], table: FakeTable, lock_dir: Path | None = None) -> IdentityPool:
-    return IdentityPool(uids, 20000, lock_dir, find=table.find, kill=table.kill)
+    """A pool that claims a uid only when a holder asks (no stock kept ahead)."""
+    return IdentityPool(uids, 20000, lock_dir, find=table.find, kill=table.kill, stock=0)
 
 
 def test_each_holder_gets_its_own_uid_until_none_is_left() -> None:
@@ -111,16 +118,16 @@ def test_release_twice_is_harmless() -> None:
     assert pool.try_acquire() is None
 
 
-def test_two_pools_on_one_machine_never_hand_out_one_uid(tmp_path: Path) -> None:
+async def test_two_pools_on_one_machine_never_hand_out_one_uid(tmp_path: Path) -> None:
     first, second = pool_of([1, 2], FakeTable(), tmp_path), pool_of([1, 2], FakeTable(), tmp_path)
     a = first.try_acquire()
     b = second.try_acquire()
     assert a is not None and b is not None and a.uid != b.uid
     assert second.try_acquire() is None  # the other uid is the first pool's
-    first.close()
+    await first.close()
     c = second.try_acquire()
     assert c is not None and c.uid == a.uid
-    second.close()
+    await second.close()
 
 
 async def test_acquire_waits_for_a_release() -> None:
@@ -133,3 +140,36 @@ async def test_acquire_waits_for_a_release() -> None:
     lease.release(empty=True)
     again = await asyncio.wait_for(waiting, 5)
     assert again.uid == 1
+
+
+async def test_each_holder_gets_fresh_private_dirs_made_ahead(tmp_path: Path) -> None:
+    prepared: list[int] = []
+    homes = tmp_path / "private"
+    pool = IdentityPool(
+        [1, 2, 3], 20000, homes=homes, find=FakeTable().find, prepare=prepared.append
+    )
+    await pool.start()
+    assert prepared == [1, 2]  # the stock, made ready before any job asks
+    lease = pool.try_acquire()
+    assert lease is not None and lease.home == homes / "1"
+    await pool.settled()
+    assert prepared == [1, 2, 3]  # the stock made up again, off the job's path
+    lease.release(empty=True)
+    assert pool.try_acquire() is not None and pool.try_acquire() is not None
+    assert pool.try_acquire() is None  # uid 1 is being made fresh again: not before that
+    await pool.settled()
+    again = pool.try_acquire()
+    assert again is not None and again.uid == 1 and prepared.count(1) == 2
+    await pool.close()
+
+
+def test_fresh_private_home_removes_what_the_last_holder_left(tmp_path: Path) -> None:
+    prepare = fresh_private_home(tmp_path, os.getgid())
+    prepare(os.getuid())
+    home = tmp_path / str(os.getuid())
+    (home / "site" / "installed.py").write_text("x = 1")
+    (home / ".cache").mkdir()
+    prepare(os.getuid())
+    assert sorted(path.name for path in home.iterdir()) == ["site", "tmp"]
+    assert list((home / "site").iterdir()) == []
+    assert (home.stat().st_mode & 0o777) == 0o700

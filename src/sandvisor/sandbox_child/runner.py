@@ -298,12 +298,13 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
 def enter_job_workdir(job: dict[str, Any]) -> None:
     sys.argv = [""]  # not the runtime's flags (argparse would trip); load_source names the file
     try:
-        enter_workdir(job["workdir"], job["request"].get("modules") or {})
+        modules = job["request"].get("modules") or {}
+        enter_workdir(job["workdir"], modules, made=bool(job.get("identity")))
     except ModulePathError as exc:
         raise invalid(str(exc)) from None
     except OSError as exc:
         raise invalid(f"cannot prepare the job's working dir: {exc}") from None
-    site = job["identity"]["site"] if job.get("identity") else None
+    site = (job.get("identity") or {}).get("site")
     if site and site not in sys.path:  # what it installs at run time (PIP_TARGET), after its dir
         sys.path.insert(1, site)
 

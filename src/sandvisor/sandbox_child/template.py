@@ -45,6 +45,7 @@ from sandvisor.protocol.messages import (
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
+from sandvisor.sandbox_child.credentials import drop_ahead
 from sandvisor.sandbox_child.isolation import (
     close_other_fds,
     name_process,
@@ -103,6 +104,7 @@ def wait_as_spare(sock: socket.socket) -> None:
         # stays out of its collections, so they never touch (and copy) the template's pages.
         gc.enable()
         close_other_fds(keep=sock.fileno())
+        drop_ahead()
         channel = prepare_streams()
         message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())

@@ -210,8 +210,6 @@ class ActorProcess:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._exit_task
         await asyncio.to_thread(shutil.rmtree, self.spec.workdir, True)
-        if self.spec.private_home is not None:
-            await asyncio.to_thread(shutil.rmtree, self.spec.private_home, True)
 
     # -- frames (the session's dispatch table) -------------------------------------------------
 

@@ -22,6 +22,9 @@ from sandvisor.supervisor.watchdog import format_bytes
 
 T = TypeVar("T")
 
+#: How long a job waits for a job identity before its output says that it waits.
+IDENTITY_QUIET_S = 1.0
+
 if TYPE_CHECKING:
     from sandvisor.supervisor.identities import IdentityLease, IdentityPool
     from sandvisor.supervisor.job import JobSpec
@@ -116,10 +119,21 @@ class JobContext:
         """A job identity from ``pool``, waited for (and said so) when none is free and empty
         now; None if the job is stopped first."""
         lease = pool.try_acquire()
-        if lease is None:
-            await self.say("waiting for a job identity: each is held by a job or an instance")
-            lease = await self.acquire_unless_stopped(pool.acquire())
-        return lease
+        if lease is not None:
+            return lease
+        # A burst of jobs waits a moment for identities made ready: that is no news to the job.
+        acquiring = asyncio.ensure_future(self.acquire_unless_stopped(pool.acquire()))
+        try:
+            done, _ = await asyncio.wait({acquiring}, timeout=IDENTITY_QUIET_S)
+            if not done:
+                await self.say("waiting for a job identity: each is held by a job or an instance")
+            return await acquiring
+        except BaseException:  # cancelled: an identity it got meanwhile goes back at once
+            acquiring.cancel()
+            for got in await asyncio.gather(acquiring, return_exceptions=True):
+                if got is not None and not isinstance(got, BaseException):
+                    got.release(empty=True)
+            raise
 
     async def acquire_unless_stopped(self, waiting: Awaitable[T]) -> T | None:
         """What ``waiting`` (a pool's acquire) gives; None if the job is stopped first."""

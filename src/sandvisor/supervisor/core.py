@@ -124,7 +124,10 @@ class Supervisor:
         prepare_store(self.settings, privilege)
         if privilege.switching:
             lock_dir = lock_dir_for(self.settings.home)
-            self.identities = IdentityPool(privilege.uids, privilege.gid, lock_dir)
+            self.identities = IdentityPool(
+                privilege.uids, privilege.gid, lock_dir, homes=self.settings.private_dir
+            )
+            await self.identities.start()
             log.info("privilege: %s", privilege.reason)
         else:
             log.warning("privilege: %s", privilege.reason)  # once, at start
@@ -158,7 +161,7 @@ class Supervisor:
             await self._templates.close()
         await self._workdirs.close()
         if self.identities is not None:
-            self.identities.close()
+            await self.identities.close()
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -280,8 +283,6 @@ class Supervisor:
         finally:
             self._jobs.pop(job_id, None)
             self._schedule_cleanup(spec.workdir)
-            if spec.private_home is not None:
-                self._schedule_cleanup(spec.private_home)
 
     async def _environment(
         self, run: JobContext, request: FunctionRequest
@@ -348,14 +349,11 @@ class Supervisor:
             deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code
         # Its own dir per run, not per id: the dir of an earlier job of this id may still be
         # queued for removal (see cleanup.py), which would take this job's with it.
-        run_name = f"{job_id}.{secrets.token_hex(4)}"
-        switching = self.identities is not None
         return JobSpec(
             job_id=job_id,
             request=request,
             python=sys.executable,
-            workdir=self.settings.jobs_dir / run_name,
-            private_home=self.settings.private_dir / run_name if switching else None,
+            workdir=self.settings.jobs_dir / f"{job_id}.{secrets.token_hex(4)}",
             base_env=self._base_env,
             limits=limits,
             watch_interval_s=self.settings.watch_interval_s,

@@ -221,9 +221,7 @@ class InstanceRegistry:
         lease = await run.hold_identity(self._identities)
         if lease is None:
             return run.stop_reason or (ErrorType.CANCELLED, "cancelled: no job identity")
-        spec = instance.actor.spec
-        spec.identity = lease
-        spec.private_home = self._settings.private_dir / spec.workdir.name
+        instance.actor.spec.identity = lease
         return None
 
     def _free_gpus(self, wanted: int) -> None:

@@ -75,31 +75,25 @@ class JobSpec:
     watch_interval_s: float = 0.1
     venv: EnvLease | None = None  # the env it runs in, once leased
     gpus: GpuLease | None = None  # its GPUs, once held
-    #: Where its private HOME goes when it runs as an identity (None: as the supervisor).
-    private_home: Path | None = None
-    identity: IdentityLease | None = None  # its uid, once held (only with private_home)
+    identity: IdentityLease | None = None  # its uid (and private HOME), once held
 
     @property
     def env(self) -> dict[str, str]:
         """The child's whole environment, as :func:`~sandvisor.supervisor.policy.job_environment`
         assembles it from what is decided so far."""
-        return job_environment(self.base_env, self.job_id, self.venv, self.gpus, self.private_home)
+        home = self.identity.home if self.identity is not None else None
+        return job_environment(self.base_env, self.job_id, self.venv, self.gpus, home)
 
     def identity_fields(self) -> dict[str, Any]:
         """The job frame's ``identity`` (what the child becomes: ``sandbox_child/credentials``),
         or nothing for a job that runs as the supervisor."""
-        if self.identity is None or self.private_home is None:
+        if self.identity is None:
             return {}
-        home = self.private_home
-        return {
-            "identity": {
-                "uid": self.identity.uid,
-                "gid": self.identity.gid,
-                "home": str(home),
-                "tmp": str(home / "tmp"),
-                "site": str(home / "site"),
-            }
-        }
+        fields: dict[str, Any] = {"uid": self.identity.uid, "gid": self.identity.gid}
+        home = self.identity.home
+        if home is not None:
+            fields |= {"home": str(home), "tmp": str(home / "tmp"), "site": str(home / "site")}
+        return {"identity": fields}
 
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
