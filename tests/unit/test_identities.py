@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from sandvisor.supervisor.identities import (
     IdentityPool,
     fresh_private_home,
     parse_uids,
+    untouched,
 )
 from sandvisor.supervisor.procfs import ProcInfo
 
@@ -173,3 +175,25 @@ def test_fresh_private_home_removes_what_the_last_holder_left(tmp_path: Path) ->
     assert sorted(path.name for path in home.iterdir()) == ["site", "tmp"]
     assert list((home / "site").iterdir()) == []
     assert (home.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda home: (home / "tmp" / "left.txt").write_text("x"),
+        lambda home: (home / "site" / "pkg").mkdir(),
+        lambda home: (home / ".bashrc").write_text("x"),
+        lambda home: home.chmod(0o777),
+        lambda home: (home / "tmp").rmdir() or (home / "tmp").symlink_to("/etc"),
+    ],
+)
+def test_a_home_its_holder_touched_is_made_anew(tmp_path: Path, change: Any) -> None:
+    prepare = fresh_private_home(tmp_path, os.getgid())
+    uid = os.getuid()
+    prepare(uid)
+    home = tmp_path / str(uid)
+    assert untouched(home, uid)
+    change(home)
+    assert not untouched(home, uid)
+    prepare(uid)
+    assert untouched(home, uid)

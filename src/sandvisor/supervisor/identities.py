@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -214,7 +215,8 @@ class IdentityPool:
 
     def _make_ready(self, uid: int) -> None:
         """``uid`` has no process: fresh private dirs (on a thread), then it may go out."""
-        if self._prepare is None:
+        fresh = self._homes is not None and untouched(self._homes / str(uid), uid)
+        if self._prepare is None or fresh:  # most jobs never write there: a few reads, here
             self._empty.append(uid)
             return
         if self._thread is None:
@@ -301,6 +303,22 @@ def fresh_private_home(root: Path, gid: int) -> Prepare:
             os.chown(path, uid, gid)
 
     return prepare
+
+
+def untouched(home: Path, uid: int) -> bool:
+    """Whether ``home`` is as :func:`fresh_private_home` made it: ``tmp`` and ``site`` alone in
+    it, all three empty dirs (not links) of ``uid`` with mode 0700."""
+    try:
+        if sorted(os.listdir(home)) != ["site", "tmp"]:
+            return False
+        for path in (home, home / "tmp", home / "site"):
+            found = os.lstat(path)
+            mode = found.st_mode
+            if not stat.S_ISDIR(mode) or stat.S_IMODE(mode) != 0o700 or found.st_uid != uid:
+                return False
+        return not os.listdir(home / "tmp") and not os.listdir(home / "site")
+    except OSError:
+        return False
 
 
 def lock_dir_for(home: Path) -> Path:

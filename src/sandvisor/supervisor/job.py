@@ -98,6 +98,7 @@ class JobSpec:
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
         with, its template's) the environment goes as the changes from it, not whole."""
+        env = self.env  # assembled once: each assembly is a dict merge or more
         frame = {
             KIND: FrameKind.JOB,
             "job_id": self.job_id,
@@ -106,7 +107,7 @@ class JobSpec:
             "module": self.deployed_module,
             "sys_path": self.deployed_sys_path,
             "workdir": str(self.workdir),
-            "env": self.env,
+            "env": env,
             "rlimits": {name: list(pair) for name, pair in self.limits.rlimits().items()},
             "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
@@ -114,8 +115,8 @@ class JobSpec:
         } | self.identity_fields()
         if env_base is not None:
             del frame["env"]
-            frame["env_set"] = {k: v for k, v in self.env.items() if env_base.get(k) != v}
-            frame["env_unset"] = [k for k in env_base if k not in self.env]
+            frame["env_set"] = {k: v for k, v in env.items() if env_base.get(k) != v}
+            frame["env_unset"] = [k for k in env_base if k not in env]
         return frame
 
     def call_frame(self, seq: int, max_result_bytes: int) -> dict[str, Any]:
