@@ -308,6 +308,7 @@ async def test_two_concurrent_jobs_cannot_read_each_others_dirs(
     await finish(running, tmp_path)
     assert response.success, response.error
     assert set(response.json_result.values()) == {"PermissionError"}, response.json_result
+    assert (await sup.run(HELLO)).success
 
 
 UNMARKED_LEFTOVER = """
@@ -345,6 +346,7 @@ async def test_a_jobs_leftovers_are_found_by_its_uid_and_killed(
     assert processes_of(uid) == []
     assert all(psutil.pid_exists(pid) for pid in facts["pids"])  # the neighbour's live on
     await finish(running, tmp_path)
+    assert (await sup.run(HELLO)).success
 
 
 async def test_a_uid_returns_to_the_pool_only_after_its_last_process_is_gone(
