@@ -197,3 +197,49 @@ def test_a_home_its_holder_touched_is_made_anew(tmp_path: Path, change: Any) -> 
     assert not untouched(home, uid)
     prepare(uid)
     assert untouched(home, uid)
+
+
+def counting(prepare: Any) -> tuple[Any, list[int]]:
+    calls: list[int] = []
+
+    def counted(uid: int) -> None:
+        calls.append(uid)
+        prepare(uid)
+
+    return counted, calls
+
+
+async def held_once(pool: IdentityPool) -> Any:
+    await pool.start()
+    lease = pool.try_acquire()
+    assert lease is not None and lease.home is not None
+    return lease
+
+
+@pytest.mark.parametrize("by_marks", [True, False])
+async def test_a_home_is_made_anew_only_when_its_holder_changed_it(
+    tmp_path: Path, by_marks: bool
+) -> None:
+    uid = os.getuid()
+    prepare, calls = counting(fresh_private_home(tmp_path, os.getgid()))
+    pool = IdentityPool([uid], os.getgid(), homes=tmp_path, find=FakeTable().find, prepare=prepare)
+    lease = await held_once(pool)
+    if by_marks:  # marks taken well before the holder got it: its changes show in them
+        old = lease.home.stat().st_mtime - 3600
+        for path in (lease.home, lease.home / "tmp", lease.home / "site"):
+            os.utime(path, (old, old))
+        pool._mark(uid)
+        lease.acquired_at = pool._marks[uid][0] + 1
+    lease.release(empty=True)
+    await pool.settled()
+    assert calls == [uid]  # untouched: no new making
+    lease = pool.try_acquire()
+    assert lease is not None and lease.home is not None
+    if by_marks:
+        lease.acquired_at = pool._marks[uid][0] + 1
+    (lease.home / "tmp" / "left.txt").write_text("the last holder's")
+    lease.release(empty=True)
+    await pool.settled()
+    assert calls == [uid, uid]
+    assert list((lease.home / "tmp").iterdir()) == []
+    await pool.close()

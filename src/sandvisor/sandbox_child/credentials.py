@@ -73,6 +73,13 @@ def drop_ahead() -> None:
         return  # no CAP_SETGID after all: take_identity tries, and says so, for a job
     make_dumpable()  # already set: the call warms the path the job's own call takes
     _dropped_ahead = forbid_new_privileges()
+    # The rest of the switch, called once with no effect (-1: unchanged; no identity): the
+    # first call after a fork copies the template's pages it touches (the functions' reference
+    # counts), and that copying is now the spare's time, not a job's.
+    os.setresgid(-1, -1, -1)
+    os.setresuid(-1, -1, -1)
+    os.umask(os.umask(0o022))
+    take_identity({})
 
 
 def _own_dir(path: str, uid: int, gid: int) -> None:

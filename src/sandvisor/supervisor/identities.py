@@ -26,6 +26,7 @@ import shutil
 import signal
 import stat
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,13 @@ ProcessFinder = Callable[[Iterable[int]], dict[int, list[ProcInfo]]]
 Killer = Callable[[ProcInfo], object]
 #: Makes a uid's private dirs fresh for its next holder (runs on a thread).
 Prepare = Callable[[int], None]
+#: (mtime, ctime, links, mode, uid) of a HOME, its tmp and its site; None if one is missing.
+Marks = tuple[tuple[int, ...], ...] | None
+
+#: A holder that got its HOME this long after the HOME's marks were taken leaves a mark of
+#: anything it changes there: a new entry changes its dir's mtime, a chmod its ctime, and the
+#: kernel's file times are coarse by one tick (1-10 ms), far less than this.
+MARK_LEEWAY_S = 0.05
 
 
 class IdentityError(ValueError):
@@ -95,6 +103,7 @@ class IdentityLease:
         self.identity = identity
         #: Its private HOME (TMPDIR and pip site in it), fresh for this holder; None without.
         self.home = home
+        self.acquired_at = 0.0  # wall time the pool handed it out
 
     @property
     def uid(self) -> int:
@@ -142,6 +151,8 @@ class IdentityPool:
         self._stock = stock
         self._preparing: set[asyncio.Future[None]] = set()
         self._waiting = 0  # acquires waiting now: each may have one uid made ready for it
+        self._returning: set[int] = set()  # released empty, looked at on the loop's next turn
+        self._marks: dict[int, tuple[float, Marks]] = {}  # uid -> when, its HOME's marks
         self._unclaimed: deque[int] = deque(uids)
         self.total = len(self._unclaimed)
         self._lock_dir = lock_dir
@@ -171,13 +182,17 @@ class IdentityPool:
         uid = self._empty.popleft()
         home = self._homes / str(uid) if self._homes is not None else None
         lease = IdentityLease(self, Identity(uid, self.gid), home)
+        lease.acquired_at = time.time()
         self._leased[lease.uid] = lease
         self._provide(self._stock)
         return lease
 
     def _provide(self, wanted: int) -> None:
         """Claim (and prepare) more uids until ``wanted`` are ready or being made ready."""
-        while len(self._empty) + len(self._preparing) < wanted and self._claim():
+        coming = len(self._empty) + len(self._preparing) + len(self._returning)
+        while coming < wanted and self._claim():
+            self._check()
+            coming = len(self._empty) + len(self._preparing) + len(self._returning)
             self._check()
 
     async def start(self) -> None:
@@ -187,7 +202,8 @@ class IdentityPool:
 
     async def settled(self) -> None:
         """Wait until no preparation is under way."""
-        while self._preparing:
+        while self._preparing or self._returning:
+            await asyncio.sleep(0)  # a return just made is looked at on the loop's next turn
             await asyncio.gather(*list(self._preparing), return_exceptions=True)
 
     async def acquire(self) -> IdentityLease:
@@ -207,17 +223,24 @@ class IdentityPool:
         if self._leased.get(lease.uid) is not lease:
             return
         del self._leased[lease.uid]
-        if empty:
-            self._make_ready(lease.uid)
+        if empty and self._prepare is not None:
+            # After the holder's answer has gone out: the check of its HOME is not the job's.
+            self._returning.add(lease.uid)
+            asyncio.get_running_loop().call_soon(self._returned, lease.uid, lease.acquired_at)
+        elif empty:
+            self._empty.append(lease.uid)
         else:
             self._to_check.append(lease.uid)
         self._changed.set()
 
-    def _make_ready(self, uid: int) -> None:
+    def _returned(self, uid: int, acquired_at: float) -> None:
+        self._returning.discard(uid)
+        self._make_ready(uid, acquired_at)
+
+    def _make_ready(self, uid: int, acquired_at: float | None = None) -> None:
         """``uid`` has no process: fresh private dirs (on a thread), then it may go out."""
-        fresh = self._homes is not None and untouched(self._homes / str(uid), uid)
-        if self._prepare is None or fresh:  # most jobs never write there: a few reads, here
-            self._empty.append(uid)
+        if self._prepare is None or self._still_fresh(uid, acquired_at):
+            self._empty.append(uid)  # most jobs never write there: a few reads, here
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="sandvisor-identities")
@@ -226,12 +249,33 @@ class IdentityPool:
         self._preparing.add(preparing)
         preparing.add_done_callback(lambda done: self._prepared(uid, done))
 
+    def _still_fresh(self, uid: int, acquired_at: float | None) -> bool:
+        """Whether ``uid``'s HOME is as it was made: by its marks, when they were taken long
+        enough before its last holder got it (:data:`MARK_LEEWAY_S`), else by a look inside."""
+        if self._homes is None:
+            return False
+        home = self._homes / str(uid)
+        mark = self._marks.get(uid)
+        if mark is not None and acquired_at is not None and acquired_at - mark[0] > MARK_LEEWAY_S:
+            return home_marks(home) == mark[1]
+        if not untouched(home, uid):
+            return False
+        self._mark(uid)
+        return True
+
+    def _mark(self, uid: int) -> None:
+        assert self._homes is not None
+        marks = home_marks(self._homes / str(uid))
+        self._marks[uid] = (time.time(), marks)  # the time after the marks: see MARK_LEEWAY_S
+
     def _prepared(self, uid: int, done: asyncio.Future[None]) -> None:
         self._preparing.discard(done)
         if done.cancelled() or done.exception() is not None:
             log.warning("identity %d: its private dirs could not be made: %s", uid, done)
             self._to_check.append(uid)  # tried again at a later check
         else:
+            if self._homes is not None:
+                self._mark(uid)
             self._empty.append(uid)
         self._changed.set()
 
@@ -303,6 +347,15 @@ def fresh_private_home(root: Path, gid: int) -> Prepare:
             os.chown(path, uid, gid)
 
     return prepare
+
+
+def home_marks(home: Path) -> Marks:
+    """The marks of ``home``, ``home/tmp`` and ``home/site`` (three ``lstat``)."""
+    try:
+        found = [os.lstat(path) for path in (home, home / "tmp", home / "site")]
+    except OSError:
+        return None
+    return tuple((s.st_mtime_ns, s.st_ctime_ns, s.st_nlink, s.st_mode, s.st_uid) for s in found)
 
 
 def untouched(home: Path, uid: int) -> bool:
