@@ -24,6 +24,22 @@ RUN uv venv --system-site-packages --python "$(command -v python3)" /opt/sandvis
 COPY src ./src
 RUN uv sync --locked --no-dev --no-editable
 
+# Job identities (README, "Privilege model"): the worker runs as root and runs each job as one
+# of 64 unprivileged users (uids 20000-20063, SANDVISOR_JOB_UIDS) of one group (gid 20000,
+# SANDVISOR_JOB_GID), without login, home or sudo. The store without a volume is
+# /var/lib/sandvisor: root's, passable by jobs; each job's dirs are made its own at its start;
+# the shared Hugging Face cache is the jobs' group's (setgid, group-writable). The runtime
+# (/opt/sandvisor), the app dir and the sources stay root's and read-only for jobs.
+RUN groupadd --gid 20000 sandvisor-jobs \
+ && for uid in $(seq 20000 20063); do \
+      useradd --uid "$uid" --gid 20000 --no-create-home --home-dir /nonexistent \
+              --shell /usr/sbin/nologin "sv-job-$uid"; \
+    done \
+ && install -d -o root -g root -m 0755 /var/lib/sandvisor \
+ && install -d -o root -g root -m 0711 /var/lib/sandvisor/jobs /var/lib/sandvisor/private \
+ && install -d -o root -g 20000 -m 2775 /var/lib/sandvisor/huggingface \
+ && chmod -R go-w /opt/sandvisor /opt/sandvisor-src
+
 # Queue worker by default; FLASH_ENDPOINT_TYPE=lb (set by runpod-flash on load-balanced
 # endpoints) serves HTTP on $PORT (80) instead.
 EXPOSE 80

@@ -37,8 +37,11 @@ def bench_home() -> Path:
 
 
 def bench_settings(**overrides: Any) -> Settings:
-    """Defaults as a worker has them, a private store, and no GPU probing."""
+    """Defaults as a worker has them, a private store, and no GPU probing. As root, jobs run as
+    job identities unless ``SANDVISOR_JOB_UIDS=""`` (to time them without the switch)."""
     values: dict[str, Any] = {"home": bench_home(), "gpus": ""}
+    if "SANDVISOR_JOB_UIDS" in os.environ:
+        values["job_uids"] = os.environ["SANDVISOR_JOB_UIDS"]
     values.update(overrides)
     return Settings.from_env(environ={}, **values)
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +18,40 @@ from tests.wheelhouse import UV_SOURCE_VARS, make_wheelhouse, uv_sources
 
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.settings import Settings
+
+#: Where each test's tmp_path lies when the tests run as root (see ``tmp_path`` below).
+JOB_REACHABLE_ROOT = Path(tempfile.gettempdir()) / "sandvisor-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, supervisors run jobs as identities of the pool (the privilege model), which must
+    read the interpreter and the runtime: where they lie under a dir closed to others (pyenv's
+    Python under /root here), each dir on the way is made passable (search only, no listing).
+    In the images the Dockerfiles set this up; without it every test would run its jobs as
+    root (the fallback) and the real path would go untested."""
+    if os.geteuid() != 0:
+        return
+    for path in (sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent.parent)):
+        for parent in [Path(path), *Path(path).parents]:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+@pytest.fixture
+def tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test's own dir. As root, outside pytest's base dir: pytest keeps that closed to
+    everyone else (and closes it again whenever another session starts), and a job identity
+    must pass through it to the store a test makes there. Open to write (sticky, as /tmp is),
+    so that jobs of tests may leave files there as they did when they ran as root."""
+    name = re.sub(r"\W", "_", request.node.name)[:30]
+    if os.geteuid() != 0:
+        return tmp_path_factory.mktemp(name, numbered=True)
+    JOB_REACHABLE_ROOT.mkdir(mode=0o711, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=JOB_REACHABLE_ROOT))
+    path.chmod(0o1777)
+    request.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
 
 
 @pytest.fixture

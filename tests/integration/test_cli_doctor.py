@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,18 @@ def test_a_healthy_worker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[1] for line in lines]
-    assert names == ["python", "uv", "store", "volume", "gpus", "limits", "worker", "app", "test"]
+    assert names == [
+        "python",
+        "uv",
+        "store",
+        "volume",
+        "gpus",
+        "privilege",
+        "limits",
+        "worker",
+        "app",
+        "test",
+    ]
     assert all(line.startswith(("ok", "warn")) for line in lines), lines
     assert "ran in an isolated child" in lines[-1]
 
@@ -42,3 +54,19 @@ def test_a_bad_setting_is_one_line(
     monkeypatch.setenv("SANDVISOR_TIMEOUT_S", "soon")
     assert main(["doctor"]) == 1
     assert capsys.readouterr().out.startswith("FAIL  settings     invalid SANDVISOR_TIMEOUT_S")
+
+
+def test_a_pool_of_job_uids_that_cannot_be_read_fails(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDVISOR_JOB_UIDS", "20000-many")
+    assert main(["doctor", "--no-job"]) == 1
+    assert "FAIL  privilege    SANDVISOR_JOB_UIDS: '20000-many'" in capsys.readouterr().out
+
+
+def test_the_privilege_line_says_how_jobs_run(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["doctor", "--no-job"])
+    lines = capsys.readouterr().out.splitlines()
+    line = next(line for line in lines if line.split()[1] == "privilege")
+    expected = "jobs run as uids 20000-20063" if os.geteuid() == 0 else "not root"
+    assert expected in line, line

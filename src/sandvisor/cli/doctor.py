@@ -125,6 +125,15 @@ def check_gpus(settings: Settings) -> Check:
     return Check("gpus", "ok", f"{len(gpus)} ({named})")
 
 
+def check_privilege(settings: Settings) -> Check:
+    """How jobs run: as identities of the pool (root), or as this user, and whether a job
+    identity can open the GPU devices."""
+    from sandvisor.supervisor.privilege import doctor_line
+
+    status, line = doctor_line(settings)
+    return Check("privilege", status, line)
+
+
 def check_limits(settings: Settings) -> Check:
     from sandvisor.supervisor.limits import Limits
     from sandvisor.supervisor.settings import physical_memory_bytes
@@ -203,6 +212,7 @@ CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("store", check_store),
     ("volume", check_volume),
     ("gpus", check_gpus),
+    ("privilege", check_privilege),
     ("limits", check_limits),
     ("worker", check_worker),
     ("app", check_app),

@@ -27,13 +27,13 @@ from typing import Any
 from sandvisor.protocol.frames import EndOfStream
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.display import display_of
 from sandvisor.sandbox_child.failures import JobFailure
 from sandvisor.sandbox_child.runner import (
     bound_method,
     call,
     create_instance,
     decode_or_fail,
-    display_of,
     enter_job_workdir,
     flush_stdio,
     result_fields,

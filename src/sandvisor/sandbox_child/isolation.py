@@ -102,11 +102,14 @@ def apply_job_environment(job: dict[str, Any]) -> None:
     """
     if "env" in job:
         replace_environment(job["env"])
-        return
-    for name in job.get("env_unset", ()):
-        os.environ.pop(name, None)
-    for name, value in job.get("env_set", {}).items():
-        os.environ[name] = value
+    else:
+        for name in job.get("env_unset", ()):
+            os.environ.pop(name, None)
+        for name, value in job.get("env_set", {}).items():
+            os.environ[name] = value
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:  # a preload may have asked it already: TMPDIR is the job's now
+        tempfile.tempdir = None
 
 
 def replace_environment(env: dict[str, str]) -> None:

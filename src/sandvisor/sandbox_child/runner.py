@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import sys
@@ -21,8 +20,9 @@ from typing import Any
 
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
 from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD, KIND, FrameKind
-from sandvisor.sandbox_child import isolation
+from sandvisor.sandbox_child import credentials, isolation
 from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.display import display_of
 from sandvisor.sandbox_child.failures import JobFailure, invalid, user_failure
 from sandvisor.sandbox_child.imports import imported_since_template
 from sandvisor.sandbox_child.job_module import import_deployed, load_source
@@ -162,21 +162,6 @@ def result_fields(value: Any, fmt: str, max_result_bytes: int | None) -> dict[st
     return fields
 
 
-DISPLAY_LIMIT = 64 * 1024
-
-
-def display_of(value: Any) -> str:
-    """The result as a person reads it (pretty JSON, else repr), made here so no caller unpickles."""
-    try:
-        text = json.dumps(value, indent=2, ensure_ascii=False)
-    except (TypeError, ValueError):
-        try:
-            text = repr(value)
-        except Exception as exc:
-            text = f"<unrepresentable {type(value).__name__}: {exc}>"
-    return text if len(text) <= DISPLAY_LIMIT else text[:DISPLAY_LIMIT] + "\n... (cut)"
-
-
 def execute(job: dict[str, Any], channel: Channel) -> None:
     """Everything after the job frame is read: prepare, run, report. Raises nothing."""
     user_files: set[str] = set()
@@ -204,11 +189,15 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
 def enter_job_workdir(job: dict[str, Any]) -> None:
     sys.argv = [""]  # not the runtime's flags (argparse would trip); load_source names the file
     try:
-        enter_workdir(job["workdir"], job["request"].get("modules") or {})
+        modules = job["request"].get("modules") or {}
+        enter_workdir(job["workdir"], modules, made=bool(job.get("identity")))
     except ModulePathError as exc:
         raise invalid(str(exc)) from None
     except OSError as exc:
         raise invalid(f"cannot prepare the job's working dir: {exc}") from None
+    site = (job.get("identity") or {}).get("site")
+    if site and site not in sys.path:  # what it installs at run time (PIP_TARGET), after its dir
+        sys.path.insert(1, site)
 
 
 def report_failure(channel: Channel, failure: JobFailure) -> None:
@@ -278,6 +267,11 @@ def run_job(
         isolation.name_process(job.get("comm"))
         isolation.apply_job_environment(job)
         isolation.apply_limits(job.get("rlimits") or {}, job.get("oom_score_adj"))
+        try:  # as its identity or not at all: never with the template's uid
+            credentials.take_identity(job)
+        except credentials.IdentityError as exc:
+            report_failure(channel, JobFailure("lost", f"lost: {exc}; the job was not run"))
+            return
         if channel is not prepared:
             isolation.unbuffered_stdio()
             mark_levels()

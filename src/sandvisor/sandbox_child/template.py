@@ -48,6 +48,7 @@ from sandvisor.protocol.messages import (
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
+from sandvisor.sandbox_child.credentials import drop_ahead
 from sandvisor.sandbox_child.cuda_warm import warm_up
 from sandvisor.sandbox_child.imports import mark_template
 from sandvisor.sandbox_child.isolation import (
@@ -91,6 +92,7 @@ def wait_as_spare(sock: socket.socket, warm: dict[str, Any] | None = None) -> No
         # stays out of its collections, so they never touch (and copy) the template's pages.
         gc.enable()
         close_other_fds(keep=sock.fileno())
+        drop_ahead()
         channel = prepare_streams()
         if warm is not None:
             try:

@@ -53,18 +53,20 @@ def checked_module_path(name: str) -> PurePosixPath:
     return path
 
 
-def enter_workdir(workdir: str, modules: dict[str, str]) -> None:
-    """Create the private dir, write the modules, make it the cwd and the first entry of sys.path.
+def enter_workdir(workdir: str, modules: dict[str, str], made: bool = False) -> None:
+    """Create the private dir (unless ``made``: a job identity's, made before its switch), write
+    the modules, make it the cwd and the first entry of sys.path.
 
     The entry ``python -m`` added for the worker's own cwd goes: the job's ``sys.path`` is its
     dir, then what its environment gives (``PYTHONPATH``, its env's and the base env's site dirs).
     """
-    try:
-        os.mkdir(workdir, mode=0o700)  # its parent, the jobs dir, exists: one syscall
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(workdir, mode=0o700, exist_ok=True)
+    if not made:
+        try:
+            os.mkdir(workdir, mode=0o700)  # its parent, the jobs dir, exists: one syscall
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(workdir, mode=0o700, exist_ok=True)
     checked = [(checked_module_path(name), source) for name, source in modules.items()]
     for path, source in checked:
         target = os.path.join(workdir, *path.parts)

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.events import LogEvent
@@ -21,7 +21,13 @@ from sandvisor.supervisor.output import OutputBuffer
 from sandvisor.supervisor.process import ExitInfo
 from sandvisor.supervisor.watchdog import format_bytes
 
+T = TypeVar("T")
+
+#: How long a job waits for a job identity before its output says that it waits.
+IDENTITY_QUIET_S = 1.0
+
 if TYPE_CHECKING:
+    from sandvisor.supervisor.identities import IdentityLease, IdentityPool
     from sandvisor.supervisor.job import JobSpec
 
 EventSink = Callable[[LogEvent], Awaitable[None]]
@@ -125,12 +131,35 @@ class JobContext:
         if make_room is not None:
             make_room(count)
         await self.say(f"waiting for {count} GPU(s): all are held by {holders}")
-        acquiring = asyncio.ensure_future(pool.acquire(count))
-        stop = asyncio.ensure_future(self.stopped())
-        waiting = f"waiting for {count} GPU(s)"
+        async with heartbeat(self.say, f"waiting for {count} GPU(s)", self.spec.notice_interval_s):
+            return await self.acquire_unless_stopped(pool.acquire(count))
+
+    async def hold_identity(self, pool: IdentityPool) -> IdentityLease | None:
+        """A job identity from ``pool``, waited for (and said so) when none is free and empty
+        now; None if the job is stopped first."""
+        lease = pool.try_acquire()
+        if lease is not None:
+            return lease
+        # A burst of jobs waits a moment for identities made ready: that is no news to the job.
+        acquiring = asyncio.ensure_future(self.acquire_unless_stopped(pool.acquire()))
         try:
-            async with heartbeat(self.say, waiting, self.spec.notice_interval_s):
-                await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({acquiring}, timeout=IDENTITY_QUIET_S)
+            if not done:
+                await self.say("waiting for a job identity: each is held by a job or an instance")
+            return await acquiring
+        except BaseException:  # cancelled: an identity it got meanwhile goes back at once
+            acquiring.cancel()
+            for got in await asyncio.gather(acquiring, return_exceptions=True):
+                if got is not None and not isinstance(got, BaseException):
+                    got.release(empty=True)
+            raise
+
+    async def acquire_unless_stopped(self, waiting: Awaitable[T]) -> T | None:
+        """What ``waiting`` (a pool's acquire) gives; None if the job is stopped first."""
+        acquiring = asyncio.ensure_future(waiting)
+        stop = asyncio.ensure_future(self.stopped())
+        try:
+            await asyncio.wait({acquiring, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not acquiring.done():
                 acquiring.cancel()

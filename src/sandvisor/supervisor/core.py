@@ -33,6 +33,7 @@ from sandvisor.supervisor.errors import InvalidRequest, SandvisorError
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuPool, detect_gpus
 from sandvisor.supervisor.heartbeat import heartbeat
+from sandvisor.supervisor.identities import IdentityPool, lock_dir_for
 from sandvisor.supervisor.instances import InstanceRegistry
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits
@@ -40,6 +41,7 @@ from sandvisor.supervisor.manifest import resolve_deployed
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.preload_trials import PreloadPolicy
+from sandvisor.supervisor.privilege import Privilege, decide, prepare_store
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
@@ -105,8 +107,13 @@ class Supervisor:
     once. ``settings``: from ``SANDVISOR_*`` variables when not given.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, privilege: Privilege | None = None
+    ) -> None:
+        """``privilege``: how jobs run (see ``privilege.decide``, which decides when None)."""
         self.settings = settings or Settings.from_env()
+        self._privilege = privilege
+        self.identities: IdentityPool | None = None
         self._jobs: dict[str, JobContext] = {}
         self._templates: TemplatePool | None = None
         self._base_env: dict[str, str] = {}
@@ -116,12 +123,22 @@ class Supervisor:
         self.gpus = GpuPool([])
 
     async def __aenter__(self) -> Supervisor:
-        self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        privilege = self.privilege
+        prepare_store(self.settings, privilege)
+        if privilege.switching:
+            lock_dir = lock_dir_for(self.settings.home)
+            self.identities = IdentityPool(
+                privilege.uids, privilege.gid, lock_dir, homes=self.settings.private_dir
+            )
+            await self.identities.start()
+            log.info("privilege: %s", privilege.reason)
+        else:
+            log.warning("privilege: %s", privilege.reason)  # once, at start
         # Orphans of jobs we spawn come to us, so that they are found, killed and reaped.
         become_subreaper()
         self.gpus = GpuPool(await asyncio.to_thread(detect_gpus, self.settings))
         await asyncio.to_thread(lambda: self.envs.base)  # read the base env once, off the loop
-        self._base_env = child_environment(self.settings, os.environ)
+        self._base_env = child_environment(self.settings, os.environ, privilege.switching)
         if self.settings.templates:
             self._templates = TemplatePool(
                 self.settings.max_templates,
@@ -134,7 +151,9 @@ class Supervisor:
                 await self._templates.get(sys.executable)  # warm before any job
             except TemplateLost as exc:  # jobs still run, each in a fresh interpreter
                 log.warning("%s; jobs start fresh interpreters for now", exc)
-        self.instances = InstanceRegistry(self.settings, self._templates, self.envs, self.gpus)
+        self.instances = InstanceRegistry(
+            self.settings, self._templates, self.envs, self.gpus, self.identities
+        )
         self.instances.start()
         return self
 
@@ -148,6 +167,8 @@ class Supervisor:
         if self._templates is not None:
             await self._templates.close()
         await self._workdirs.close()
+        if self.identities is not None:
+            await self.identities.close()
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -212,6 +233,13 @@ class Supervisor:
         return True
 
     @property
+    def privilege(self) -> Privilege:
+        """How this supervisor's jobs run: as identities of the pool, or as itself (and why)."""
+        if self._privilege is None:
+            self._privilege = decide(self.settings)
+        return self._privilege
+
+    @property
     def running_jobs(self) -> list[str]:
         return list(self._jobs)
 
@@ -246,7 +274,7 @@ class Supervisor:
                 spec.venv = lease
                 if parsed.execution_type == "class" and self.instances is not None:
                     return await self.instances.call(run, limits, lease)
-                return await JobRun(run, self._templates, self.gpus).execute()
+                return await JobRun(run, self._templates, self.gpus, self.identities).execute()
         except asyncio.CancelledError:
             raise
         except SandvisorError as exc:  # the environment could not be had
@@ -334,12 +362,12 @@ class Supervisor:
         deployed = None
         if request.function_code is None and request.class_code is None:
             deployed = resolve_deployed(self.settings.app_dir, request)  # a Flash app's own code
+        # Its own dir per run, not per id: the dir of an earlier job of this id may still be
+        # queued for removal (see cleanup.py), which would take this job's with it.
         return JobSpec(
             job_id=job_id,
             request=request,
             python=sys.executable,
-            # Its own dir per run, not per id: the dir of an earlier job of this id may still be
-            # queued for removal (see cleanup.py), which would take this job's with it.
             workdir=self.settings.jobs_dir / f"{job_id}.{secrets.token_hex(4)}",
             base_env=self._base_env,
             limits=limits,

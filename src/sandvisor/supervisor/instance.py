@@ -7,13 +7,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandvisor.protocol.models import ErrorType
 from sandvisor.supervisor.actor_process import ActorProcess, Exchange
 from sandvisor.supervisor.envs import EnvLease
 from sandvisor.supervisor.gpus import GpuLease
 from sandvisor.supervisor.limits import Limits
+
+if TYPE_CHECKING:  # the context is the caller's; only its stop is waited for here
+    from sandvisor.supervisor.context import JobContext
 
 
 def new_instance_id(class_name: str) -> str:
@@ -64,3 +67,25 @@ class Instance:
             "recreated": recreated,
             "alive": self.gone is None,
         }
+
+    async def turn(self, run: JobContext) -> tuple[ErrorType, str] | None:
+        """Wait for the instance's lock (then held), or for the call to be stopped (its reason).
+
+        A call cancelled while it waits its turn is answered at once and never reaches the
+        actor: stopping it there would kill an instance that other calls are using.
+        """
+        turn = asyncio.ensure_future(self.lock.acquire())
+        stop = asyncio.ensure_future(run.stopped())
+        try:
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not turn.done():
+                turn.cancel()
+                await asyncio.gather(turn, return_exceptions=True)
+        if turn.done() and not turn.cancelled():
+            if stop.done() and not stop.cancelled():
+                self.lock.release()
+                return stop.result()
+            return None
+        return stop.result()

@@ -31,6 +31,7 @@ from sandvisor.supervisor.actor_process import ActorProcess, Exchange
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease, EnvStore
 from sandvisor.supervisor.gpus import GpuPool, gpu_memory_by_pid
+from sandvisor.supervisor.identities import IdentityPool
 from sandvisor.supervisor.instance import Instance, new_instance_id, now_iso, refused
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.outcome import Report
@@ -53,8 +54,10 @@ class InstanceRegistry:
         templates: TemplatePool | None,
         envs: EnvStore | None,
         gpus: GpuPool | None = None,
+        identities: IdentityPool | None = None,
     ) -> None:
         self._settings = settings
+        self._identities = identities
         self._templates = templates
         self._envs = envs
         self._gpus = gpus
@@ -108,7 +111,7 @@ class InstanceRegistry:
             self._live.move_to_end(instance_id)
             self._trim()
             try:
-                stopped = await self._turn(instance, run)
+                stopped = await instance.turn(run)
                 if stopped is not None:
                     return self._not_run(run, instance, stopped)
                 try:
@@ -124,29 +127,6 @@ class InstanceRegistry:
             instance = self._live.get(instance_id)
 
     # -- one call ------------------------------------------------------------------------------
-
-    @staticmethod
-    async def _turn(instance: Instance, run: JobContext) -> tuple[ErrorType, str] | None:
-        """Wait for the instance's lock (then held), or for the call to be stopped (its reason).
-
-        A call cancelled while it waits its turn is answered at once and never reaches the
-        actor: stopping it there would kill an instance that other calls are using.
-        """
-        turn = asyncio.ensure_future(instance.lock.acquire())
-        stop = asyncio.ensure_future(run.stopped())
-        try:
-            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not turn.done():
-                turn.cancel()
-                await asyncio.gather(turn, return_exceptions=True)
-        if turn.done() and not turn.cancelled():
-            if stop.done() and not stop.cancelled():
-                instance.lock.release()
-                return stop.result()
-            return None
-        return stop.result()
 
     @staticmethod
     def _not_run(
@@ -170,6 +150,8 @@ class InstanceRegistry:
             if creating:
                 instance.started = True
                 stopped = await self._hold_gpus(instance, run, limits)
+                if stopped is None:
+                    stopped = await self._hold_identity(instance, run)
                 if stopped is not None:
                     self._drop(instance)
                     return run.respond(Report(stopped=stopped))
@@ -223,6 +205,19 @@ class InstanceRegistry:
         instance.actor.spec.gpus = lease
         if lease.gpus:
             instance.actor.gpu_memory = gpu_memory_by_pid
+        return None
+
+    async def _hold_identity(
+        self, instance: Instance, run: JobContext
+    ) -> tuple[ErrorType, str] | None:
+        """A job identity for the actor's life (when jobs run as ones); the stop reason if
+        stopped while waiting for one."""
+        if self._identities is None:
+            return None
+        lease = await run.hold_identity(self._identities)
+        if lease is None:
+            return run.stop_reason or (ErrorType.CANCELLED, "cancelled: no job identity")
+        instance.actor.spec.identity = lease
         return None
 
     def _free_gpus(self, wanted: int) -> None:
@@ -370,6 +365,8 @@ class InstanceRegistry:
                 instance.lease.release()
             if instance.gpu_lease is not None:  # only once its process is gone
                 instance.gpu_lease.release()
+            if instance.actor.spec.identity is not None:  # the pool checks it is empty
+                instance.actor.spec.identity.release()
 
     def _on_actor_exit(self, actor: ActorProcess) -> None:
         """An idle actor died (a background thread crashed it, or it was killed from outside)."""

@@ -28,6 +28,7 @@ from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionRespon
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
+from sandvisor.supervisor.identities import IdentityLease, IdentityPool
 from sandvisor.supervisor.limits import CHILD_OOM_SCORE_ADJ, Limits
 from sandvisor.supervisor.oom import oom_kill_count
 from sandvisor.supervisor.outcome import Report, failure
@@ -76,12 +77,25 @@ class JobSpec:
     notice_interval_s: float = 10.0  # how often a wait before the start is said (heartbeat.py)
     venv: EnvLease | None = None  # the env it runs in, once leased
     gpus: GpuLease | None = None  # its GPUs, once held
+    identity: IdentityLease | None = None  # its uid (and private HOME), once held
 
     def environment(self) -> dict[str, str]:
         """The child's whole environment, as :func:`~sandvisor.supervisor.policy.job_environment`
         assembles it from what is decided so far: a new dict each call (keep it, do not ask
         again per key)."""
-        return job_environment(self.base_env, self.job_id, self.venv, self.gpus)
+        home = self.identity.home if self.identity is not None else None
+        return job_environment(self.base_env, self.job_id, self.venv, self.gpus, home)
+
+    def identity_fields(self) -> dict[str, Any]:
+        """The job frame's ``identity`` (what the child becomes: ``sandbox_child/credentials``),
+        or nothing for a job that runs as the supervisor."""
+        if self.identity is None:
+            return {}
+        fields: dict[str, Any] = {"uid": self.identity.uid, "gid": self.identity.gid}
+        home = self.identity.home
+        if home is not None:
+            fields |= {"home": str(home), "tmp": str(home / "tmp"), "site": str(home / "site")}
+        return {"identity": fields}
 
     def job_frame(self, env_base: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The child's job frame; with ``env_base`` (the environment a forked child starts
@@ -100,7 +114,7 @@ class JobSpec:
             "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
             "display": self.display,
-        }
+        } | self.identity_fields()
         if env_base is not None:
             del frame["env"]
             frame["env_set"] = {k: v for k, v in env.items() if env_base.get(k) != v}
@@ -126,7 +140,11 @@ class JobRun:
     """A function request's one-shot run: one child session, from launch to response."""
 
     def __init__(
-        self, context: JobContext, templates: TemplatePool | None, gpus: GpuPool | None = None
+        self,
+        context: JobContext,
+        templates: TemplatePool | None,
+        gpus: GpuPool | None = None,
+        identities: IdentityPool | None = None,
     ) -> None:
         self.context = context
         self.spec = context.spec
@@ -134,6 +152,8 @@ class JobRun:
         self._gpus = gpus
         self._gpu_lease: GpuLease | None = None
         self._forked_from: TemplateProcess | None = None  # the template of its last attempt
+        self._identities = identities
+        self._left_nothing = False  # the last attempt's job certainly left no process behind
         self._report = Report()  # what the current attempt's child reported
         self.watchdog: Watchdog | None = None
 
@@ -142,17 +162,26 @@ class JobRun:
         waited = await self._hold_gpus()
         if waited is not None:
             return waited
-        oom_kills = oom_kill_count()
         try:
-            try:
-                report = await self._attempt(self._templates)
-            except TemplateLost as exc:  # it died after the fork, before the job answered
-                await self._fall_back(exc)
-                report = await self._attempt(None)
+            waited = await self._hold_identity()
+            if waited is not None:
+                return waited
+            report = await self._attempts()
         finally:
+            if self.spec.identity is not None:  # its processes are gone: the uid may go back
+                self.spec.identity.release(empty=self._left_nothing)
             if self._gpu_lease is not None:
                 self._gpu_lease.release()
         await self._warm_next()
+        return self.context.respond(report)
+
+    async def _attempts(self) -> Report:
+        oom_kills = oom_kill_count()
+        try:
+            report = await self._attempt(self._templates)
+        except TemplateLost as exc:  # it died after the fork, before the job answered
+            await self._fall_back(exc)
+            report = await self._attempt(None)
         # Only a SIGKILL can be the OOM killer's: other jobs skip the second read.
         if (
             oom_kills is not None
@@ -160,7 +189,18 @@ class JobRun:
             and report.exit.signal == signal.SIGKILL
         ):
             report.oom_kills = (oom_kill_count() or oom_kills) - oom_kills
-        return self.context.respond(report)
+        return report
+
+    async def _hold_identity(self) -> FunctionResponse | None:
+        """Hold a job identity when jobs run as ones; a failure response if stopped meanwhile."""
+        if self._identities is None:
+            return None
+        lease = await self.context.hold_identity(self._identities)
+        if lease is None:
+            error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
+            return failure(error_type, reason, stdout=self.context.output.text())
+        self.spec.identity = lease
+        return None
 
     async def _warm_next(self) -> None:
         """The job's GPUs are free again: its template may warm a spare for the next job on
@@ -194,6 +234,7 @@ class JobRun:
 
     async def _attempt(self, templates: TemplatePool | None) -> Report:
         self._report = Report()
+        self._left_nothing = False
         session = ChildSession(
             self.spec,
             templates,
@@ -266,6 +307,7 @@ class JobRun:
         # Reaped by its template: an empty group and no stray child of the template mean nothing
         # is left, and a scan of /proc (which costs more than a short job) would find nothing.
         if template is not None and pid is not None and template.job_left_nothing(pid):
+            self._left_nothing = True
             return
         if session.tree is not None:
             await terminate_tree(session.tree, 0.0)

@@ -15,6 +15,7 @@ import os
 import pwd
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandvisor.protocol.messages import JOB_ENV_VAR
@@ -57,8 +58,11 @@ def is_secret(name: str, settings: Settings) -> bool:
     return secret and not matches(name, settings.pass_vars)
 
 
-def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a job's child, built from ``environ`` (the worker's own)."""
+def child_environment(
+    settings: Settings, environ: Mapping[str, str], switching: bool = False
+) -> dict[str, str]:
+    """The environment of a job's child, built from ``environ`` (the worker's own);
+    ``switching``: jobs run as identities of the pool (see ``privilege.py``)."""
     env = {
         name: value
         for name, value in environ.items()
@@ -70,17 +74,34 @@ def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[st
     env.setdefault("PATH", _DEFAULT_PATH)
     env.setdefault("HOME", _home())
     env.setdefault("LANG", "C.UTF-8")
-    env.update(cache_environment(settings, environ))
+    env.update(cache_environment(settings, environ, switching))
     env.update(CHILD_FIXED)
     return env
 
 
-def cache_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """Where jobs keep downloaded models: on a RunPod network volume, not the container disk
-    (``HF_HOME`` under the store), unless ``environ`` (the worker's) names a place itself."""
-    if volume_present() and "HF_HOME" not in environ:
-        return {"HF_HOME": str(settings.home / "huggingface")}
+def cache_environment(
+    settings: Settings, environ: Mapping[str, str], switching: bool = False
+) -> dict[str, str]:
+    """Where jobs keep downloaded models: the shared cache under the store (on a RunPod network
+    volume, not the container disk), unless ``environ`` (the worker's) names a place itself.
+    Jobs under identities always get it: their HOME is private and goes with the job."""
+    if (volume_present() or switching) and "HF_HOME" not in environ:
+        return {"HF_HOME": str(settings.hf_home)}
     return {}
+
+
+def private_environment(home: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """A job identity's own places: ``home`` as HOME, its ``tmp`` as TMPDIR, and its ``site``
+    as where ``pip install`` puts packages (PIP_TARGET), importable by the job's subprocesses
+    too (PYTHONPATH, before what ``base`` had there)."""
+    site = str(home / "site")
+    paths = [site, base["PYTHONPATH"]] if base.get("PYTHONPATH") else [site]
+    return {
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "PIP_TARGET": site,
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
 
 
 def job_environment(
@@ -88,11 +109,15 @@ def job_environment(
     job_id: str,
     venv: EnvLease | None = None,
     gpus: GpuLease | None = None,
+    private_home: Path | None = None,
 ) -> dict[str, str]:
     """A job child's whole environment: ``base`` (from :func:`child_environment`), the mark
-    that finds every process of ``job_id``, ``venv``'s VIRTUAL_ENV and PATH, and exactly
-    ``gpus``'s CUDA devices (none visible for a lease of none). Returns a new dict."""
+    that finds every process of ``job_id``, ``venv``'s VIRTUAL_ENV and PATH, exactly
+    ``gpus``'s CUDA devices (none visible for a lease of none), and the private places of a
+    job under an identity (``private_home``: :func:`private_environment`). Returns a new dict."""
     env = dict(base) | job_environ(job_id)
+    if private_home is not None:
+        env |= private_environment(private_home, base)
     if venv is not None:
         env = venv.environ(env)
     if gpus is not None:

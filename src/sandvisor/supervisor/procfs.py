@@ -213,3 +213,32 @@ def reap_orphans(candidates: Iterable[int]) -> list[int]:
             if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
                 reaped.append(info.pid)
     return reaped
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid of process ``pid`` (``/proc/<pid>/status``); None when it is gone."""
+    try:
+        with open(f"{_PROC}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def processes_of_uids(uids: Iterable[int]) -> dict[int, list[ProcInfo]]:
+    """The live processes (zombies excluded) whose real uid is one of ``uids``, by uid.
+
+    A full walk of ``/proc`` with a read of each ``status``: the identity pool asks only when it
+    must know that an identity has no process left (see ``supervisor/identities.py``).
+    """
+    wanted = set(uids)
+    found: dict[int, list[ProcInfo]] = {}
+    for info in scan().values():
+        if info.zombie:
+            continue
+        uid = process_uid(info.pid)
+        if uid in wanted:
+            found.setdefault(uid, []).append(info)
+    return found

@@ -10,8 +10,9 @@ marks, cheapest first:
 - memory: a process seen once stays a member until it is gone;
 - the job's marks, for a process that detached (``setsid`` and a double fork) between two scans
   and was reparented to an adopter (the supervisor and the templates are child subreapers): its
-  name (the child names itself :func:`job_comm`, which forks inherit) or, after an exec, the
-  ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``.
+  name (the child names itself :func:`job_comm`, which forks inherit), after an exec the
+  ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``, and, for a job that runs as
+  an identity, its uid (which it cannot change).
 
 A process is known by ``(pid, start time)``, so a reused pid is never taken for a member, and
 signals go through a pidfd checked against that identity (``procfs.signal_process``), so they
@@ -36,6 +37,7 @@ from sandvisor.supervisor.procfs import (
     ProcInfo,
     carries_job_id,
     children_by_parent,
+    process_uid,
     reap_orphans,
     scan,
     signal_process,
@@ -96,6 +98,9 @@ class ProcessTree:
     #: The root is a spawned job's host (sandbox_child/host.py), not the job: it is found and
     #: stopped with the job, but its memory, CPU and count are not the job's.
     hosted: bool = False
+    #: The job's own uid when it runs as an identity: an orphan of that uid is the job's,
+    #: whatever it renamed itself to or whatever environment it took.
+    uid: int | None = None
     members: dict[int, ProcInfo] = field(default_factory=dict)
     seen: int = 0
     _known: dict[int, int] = field(default_factory=dict)  # pid -> start ticks
@@ -196,7 +201,11 @@ class ProcessTree:
         for info in [child for adopter in adopters for child in children.get(adopter, ())]:
             if info.pid in found or info.key in self._strangers:
                 continue
-            if info.comm == comm or carries_job_id(info.pid, marker):
+            if (
+                info.comm == comm
+                or carries_job_id(info.pid, marker)
+                or (self.uid is not None and process_uid(info.pid) == self.uid)
+            ):
                 found[info.pid] = info
                 claimed = True
             else:

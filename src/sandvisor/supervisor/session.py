@@ -159,11 +159,13 @@ class ChildSession:
         # Its template is a subreaper: what the child's processes orphan goes there, not to us.
         assert self.pid is not None
         template = self.template
+        identity = self.spec.identity
         self.tree = ProcessTree(
             self.spec.job_id,
             self.pid,
             adopters=(template.pid,) if template is not None else (),
             hosted=template is None,
+            uid=identity.uid if identity is not None else None,
         )
         await self._start_readers(pipes, unsent)
 

@@ -36,9 +36,16 @@ def volume_present() -> bool:
     return RUNPOD_VOLUME.is_dir()
 
 
+#: The store of a root supervisor without a volume: not under /root, which job identities
+#: cannot pass (see ``privilege.py``).
+ROOT_HOME = Path("/var/lib/sandvisor")
+
+
 def default_home() -> Path:
     if volume_present():
         return RUNPOD_VOLUME / "sandvisor"
+    if os.geteuid() == 0:
+        return ROOT_HOME
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "sandvisor"
 
@@ -115,6 +122,12 @@ class Settings(BaseModel):
     cuda_warmup: str = ""
     cuda_warm_min_free_mb: int = Field(default=4096, ge=0)
 
+    # Job identities (privilege model): when the supervisor runs as root, each job and actor
+    # runs as one of these uids ("20000-20063", "20000-20003,20010"; "" for none), all with
+    # the one group ``job_gid`` (so the shared model caches can be group-writable).
+    job_uids: str = "20000-20063"
+    job_gid: int = 20000
+
     # Class instances (actors).
     max_instances: int = 32
     instance_ttl_s: float = 1800.0
@@ -173,3 +186,13 @@ class Settings(BaseModel):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    @property
+    def private_dir(self) -> Path:
+        """Where each job under an identity gets its private HOME (TMPDIR and pip site in it)."""
+        return self.home / "private"
+
+    @property
+    def hf_home(self) -> Path:
+        """The shared Hugging Face cache jobs fill (on the volume when the store is there)."""
+        return self.home / "huggingface"
