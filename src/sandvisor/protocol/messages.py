@@ -35,7 +35,8 @@ class FrameKind:
     # Supervisor -> job child, on the job channel.
     #: job_id, comm, request, module, sys_path, workdir, env (or env_set and env_unset: the
     #: changes from the template's environment), rlimits, max_result_bytes, oom_score_adj,
-    #: display, and actor (true for a class instance's long-lived process).
+    #: display, and actor (true for a class instance's long-lived process); REPORT_IMPORTS
+    #: (true: send an IMPORTS frame after the answer).
     JOB = "job"
     #: seq, method_name, args, kwargs, serialization_format, max_result_bytes, display.
     CALL = "call"
@@ -74,6 +75,9 @@ class FrameKind:
     #: failed: status WARM_FAILED_EXIT), not counting one dropped by COMMAND_DROP_WARM.
     WARM_LOST = "warm_lost"
 
+
+#: A job frame's field: the child reports, after its answer, what it imported (FrameKind.IMPORTS).
+REPORT_IMPORTS = "report_imports"
 
 #: The descriptor a job child speaks its channel on (0, 1 and 2 are stdin, stdout and stderr).
 CHANNEL_FD = 3

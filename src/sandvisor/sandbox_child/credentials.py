@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from sandvisor.prctl import forbid_new_privileges, make_dumpable
+from sandvisor.sandbox_child.workspace import make_workdir
 
 #: The jobs' umask: files a job makes in the shared caches are writable by the jobs' group.
 JOB_UMASK = 0o002
@@ -83,10 +84,6 @@ def drop_ahead() -> None:
 
 
 def _own_dir(path: str, uid: int, gid: int) -> None:
-    """``path`` as a private dir of ``uid`` (its parent is root's): made, or taken over (a job
-    run again on a fresh interpreter after its template died finds its dir made)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+    """``path`` as a private dir of ``uid`` (its parent is root's): made, or taken over."""
+    make_workdir(path)
     os.chown(path, uid, gid)

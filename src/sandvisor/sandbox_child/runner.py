@@ -19,7 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
-from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT, CHANNEL_FD, KIND, FrameKind
+from sandvisor.protocol.messages import (
+    CHANNEL_BROKEN_EXIT,
+    CHANNEL_FD,
+    KIND,
+    REPORT_IMPORTS,
+    FrameKind,
+)
 from sandvisor.sandbox_child import credentials, isolation
 from sandvisor.sandbox_child.channel import Channel
 from sandvisor.sandbox_child.display import display_of
@@ -282,7 +288,8 @@ def run_job(
             serve_actor(job, channel)
         else:
             execute(job, channel)
-            report_imports(channel, job["workdir"])
+            if job.get(REPORT_IMPORTS):
+                report_imports(channel, job["workdir"])
         logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)

@@ -61,12 +61,7 @@ def enter_workdir(workdir: str, modules: dict[str, str], made: bool = False) -> 
     dir, then what its environment gives (``PYTHONPATH``, its env's and the base env's site dirs).
     """
     if not made:
-        try:
-            os.mkdir(workdir, mode=0o700)  # its parent, the jobs dir, exists: one syscall
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(workdir, mode=0o700, exist_ok=True)
+        make_workdir(workdir)
     checked = [(checked_module_path(name), source) for name, source in modules.items()]
     for path, source in checked:
         target = os.path.join(workdir, *path.parts)
@@ -75,6 +70,17 @@ def enter_workdir(workdir: str, modules: dict[str, str], made: bool = False) -> 
     os.chdir(workdir)
     drop_launch_entry()
     sys.path.insert(0, workdir)
+
+
+def make_workdir(workdir: str) -> None:
+    """The job's private dir (0700), made unless it exists (a job run again on a fresh
+    interpreter after its template died finds the one its first attempt made)."""
+    try:
+        os.mkdir(workdir, mode=0o700)  # its parent, the jobs dir, exists: one syscall
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
 
 
 def drop_launch_entry() -> None:

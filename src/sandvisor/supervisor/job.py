@@ -197,10 +197,14 @@ class JobRun:
             return None
         lease = await self.context.hold_identity(self._identities)
         if lease is None:
-            error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
-            return failure(error_type, reason, stdout=self.context.output.text())
+            return self._stopped_waiting()
         self.spec.identity = lease
         return None
+
+    def _stopped_waiting(self) -> FunctionResponse:
+        """The answer for a job stopped while it waited for GPUs or an identity."""
+        error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
+        return failure(error_type, reason, stdout=self.context.output.text())
 
     async def _warm_next(self) -> None:
         """The job's GPUs are free again: its template may warm a spare for the next job on
@@ -224,8 +228,7 @@ class JobRun:
             return None
         self._gpu_lease = await self.context.hold_gpus(self._gpus, limits.gpus, "other jobs")
         if self._gpu_lease is None:
-            error_type, reason = self.context.stop_reason or (ErrorType.CANCELLED, "cancelled")
-            return failure(error_type, reason, stdout=self.context.output.text())
+            return self._stopped_waiting()
         # Exactly the leased GPUs, none (an empty list hides them all) when it asked for none.
         self.spec.gpus = self._gpu_lease
         return None

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_frame
-from sandvisor.protocol.messages import KIND
+from sandvisor.protocol.messages import KIND, REPORT_IMPORTS
 from sandvisor.supervisor.channel import read_frame_async
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.heartbeat import heartbeat
@@ -180,6 +180,8 @@ class ChildSession:
         # starts, rather than after a round trip that tells us its pid. A forked child gets
         # its environment as the changes from its template's.
         frame = self.spec.job_frame(template.environ if template is not None else None)
+        if template is not None and self._templates is not None and self._templates.learning:
+            frame[REPORT_IMPORTS] = True  # the pool learns preloads from what jobs import
         unsent = send_ahead(pipes.channel, encode_frame(frame | dict(extra)))
         if template is not None:
             gpus = self.spec.gpus

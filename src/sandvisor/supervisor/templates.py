@@ -71,6 +71,11 @@ class TemplatePool:
         """Live templates by interpreter path."""
         return {key: t for key, t in self._templates.items() if t.alive}
 
+    @property
+    def learning(self) -> bool:
+        """Whether templates learn preloads: then a forked job reports what it imported."""
+        return self.trials.policy.adaptive
+
     def warm(self, python: Path | str) -> bool:
         """Whether ``python``'s template is running now (a fork from it waits for nothing)."""
         template = self._templates.get(str(python))

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.errors import DeployedAppError, InvalidRequest, RoutingError
-from sandvisor.supervisor.manifest import load_manifest
+from sandvisor.supervisor.manifest import load_manifest, requested_name
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.worker.state_manager import EndpointDirectory, StateManagerConfig
 
@@ -125,14 +125,12 @@ class Router:
         """The other resource this deployed request belongs to, if any."""
         if request.function_code is not None or request.class_code is not None:
             return None
-        name = request.class_name if request.execution_type == "class" else request.function_name
-        if not name:
-            return None
-        if self._manifest is None:
-            try:
+        try:
+            name = requested_name(request)
+            if self._manifest is None:
                 self._manifest = load_manifest(self.app_dir)
-            except DeployedAppError:
-                return None  # the local lookup gives the clear error
+        except DeployedAppError:
+            return None  # the local lookup gives the clear error
         return target_of(self._manifest, name, self.resource)
 
     async def route(self, raw: Any) -> FunctionResponse | None:
@@ -223,8 +221,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def _name(request: FunctionRequest) -> str:
-    name = request.class_name if request.execution_type == "class" else request.function_name
-    return repr(name)
+    """The forwarded function or class, quoted (a routed request always names one)."""
+    return repr(requested_name(request))
 
 
 def _json_object(response: httpx.Response, target: Target) -> dict[str, Any]:
