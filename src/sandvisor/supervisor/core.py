@@ -29,6 +29,7 @@ from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionRespon
 from sandvisor.supervisor.cleanup import DirRemover
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease, EnvStore
+from sandvisor.supervisor.envs.install_progress import InstallProgress
 from sandvisor.supervisor.errors import InvalidRequest, SandvisorError
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.gpus import GpuPool, detect_gpus
@@ -313,19 +314,15 @@ class Supervisor:
     ) -> EnvLease | FunctionResponse:
         """Build (or wait for) the env, its install output live in the job's events."""
         lines: asyncio.Queue[str | None] = asyncio.Queue()
-        last: list[str] = []  # the installer's latest line, for the wait's notices
+        install = InstallProgress()  # what the wait's notices say of the build
 
         async def relay() -> None:
             while (line := await lines.get()) is not None:
                 if isinstance(line, ProgramOutput):  # uv's (or apt-get's) own output
-                    if line.strip():
-                        last[:] = [line.strip()]
+                    install.feed(line)
                     await run.emit(LogEvent("log", line, time.time(), "INFO"))
                 else:
                     await run.say(line)
-
-        def progress() -> str | None:
-            return f"last from the installer: {last[0]}" if last else None
 
         relaying = asyncio.ensure_future(relay())
         acquiring = asyncio.ensure_future(
@@ -336,7 +333,7 @@ class Supervisor:
             # A hung install (an index that never answers) is bounded by the job's own timeout.
             timeout_s = run.spec.limits.timeout_s
             interval_s = self.settings.wait_notice_interval_s
-            async with heartbeat(run.say, "installing dependencies", interval_s, progress):
+            async with heartbeat(run.say, "installing dependencies", interval_s, install.summary):
                 await asyncio.wait(
                     {acquiring, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
                 )
