@@ -12,6 +12,7 @@ from tests.wheelhouse import build_wheel
 
 from sandvisor.protocol.models import FunctionResponse
 from sandvisor.supervisor.core import Supervisor
+from sandvisor.supervisor.envs import EnvStore
 from sandvisor.supervisor.settings import Settings
 
 LIBRARIES = {
@@ -81,3 +82,19 @@ async def test_without_learning_nothing_is_preloaded(learning: Settings) -> None
         assert supervisor.templates is not None
         await supervisor.templates.trials.settled()
         assert not list(settings.preloads_dir.glob("*.json"))
+
+
+async def test_what_an_env_learned_goes_with_the_env(learning: Settings) -> None:
+    async with Supervisor(learning) as supervisor:
+        for _ in range(2):
+            await run_job(supervisor)
+        assert supervisor.templates is not None
+        await supervisor.templates.trials.settled()
+        (record,) = learning.preloads_dir.glob("*.json")
+        (env,) = supervisor.envs.list()
+    EnvStore(learning).remove(env.key)
+    assert not record.exists()
+
+    # Rebuilt, the env learns afresh: its first jobs find nothing preloaded.
+    async with Supervisor(learning) as again:
+        assert (await run_job(again)).json_result == {"value": 42, "preloaded": []}

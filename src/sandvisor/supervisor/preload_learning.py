@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 #: The file's format; a file of another version is ignored (learning starts over).
 FORMAT = 1
+
+
+def record_path(store: Path, python: str | Path) -> Path:
+    """Where the learned preloads of the env whose interpreter is ``python`` are kept, in the
+    directory ``store`` (``Settings.preloads_dir``): the record lives and dies with its env."""
+    return store / f"{hashlib.sha256(str(python).encode()).hexdigest()[:16]}.json"
 
 
 class PreloadLearner:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandvisor.supervisor.preload_learning import PreloadLearner
+from sandvisor.supervisor.preload_learning import PreloadLearner, record_path
 from sandvisor.supervisor.settings import Settings
 from sandvisor.supervisor.template_process import TemplateLost, TemplateProcess
 from sandvisor.supervisor.template_ready import TemplateReady
@@ -96,14 +95,17 @@ class PreloadTrials:
         learner = self._learners.get(key)
         if learner is None:
             store = self.policy.store if self.policy.adaptive else None
-            path = (
-                store / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json" if store else None
-            )
+            path = record_path(store, key) if store else None
             learner = PreloadLearner(
                 path, self._forced, self.policy.learn_after, self.policy.max_modules
             )
             self._learners[key] = learner
         return learner
+
+    def forget(self, key: str) -> None:
+        """``key``'s env was rebuilt or removed: its learner is read again from its record on
+        next use (the store deletes the record with the env, so the new env learns afresh)."""
+        self._learners.pop(key, None)
 
     def preloads(self, key: str) -> list[str]:
         """What a template of ``key`` imports when it starts: forced, then learned modules."""

@@ -109,6 +109,7 @@ class TemplatePool:
         if template is not None and template.interpreter != interpreter_identity(key):
             log.info("the env of %s was rebuilt or removed; retiring its template", key)
             self._retired.append(self._templates.pop(key))
+            self.trials.forget(key)
             await self._stop_idle_retired()
             template = None
         if template is not None and template.alive:

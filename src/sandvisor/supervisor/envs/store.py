@@ -30,6 +30,7 @@ from sandvisor.supervisor.envs.requirements import parse_dependencies
 from sandvisor.supervisor.envs.runtime_pins import refuse_conflicts, runtime_pins
 from sandvisor.supervisor.envs.sysdeps import SystemPackages
 from sandvisor.supervisor.errors import EnvError, RequirementRejected
+from sandvisor.supervisor.preload_learning import record_path
 from sandvisor.supervisor.settings import Settings
 
 BUILD_ATTEMPTS = 3
@@ -292,6 +293,10 @@ class EnvStore:
         finally:
             lock.release()
         self._layout.empty_trash()
+        # What its template learned to preload goes with it: a rebuilt env learns afresh.
+        record_path(self.settings.preloads_dir, self.root / key / "bin" / "python").unlink(
+            missing_ok=True
+        )
         return True
 
     def _remove_debris(self) -> None:
