@@ -488,9 +488,9 @@ async def test_a_variable_a_preload_set_in_the_template_is_not_in_the_jobs_envir
 BALLAST_MB = 300
 USES_MEMORY = """
 import time
-def main(megabytes):
+def main(megabytes, hold_s):
     own = bytearray(megabytes * 1024 * 1024)  # zero-filled: every page touched
-    time.sleep(0.4)  # sampled a few times while it holds it
+    time.sleep(hold_s)  # sampled while it holds it
     return len(own) // (1024 * 1024)
 """
 
@@ -507,9 +507,10 @@ async def test_a_preload_shared_with_every_job_does_not_count_in_full_against_ea
     )
     async with Supervisor(settings) as sup:
         assert template_of(sup).preloaded == ["sv_ballast"]
-        small = function_request(USES_MEMORY, args=[20], limits={"memory_mb": 256})
+        small = function_request(USES_MEMORY, args=[20, 0.4], limits={"memory_mb": 256})
         assert await ok(sup, small) == 20
-        large = function_request(USES_MEMORY, args=[400], limits={"memory_mb": 256})
+        # Held until it is stopped, however slow the watcher's sampling is on a busy machine.
+        large = function_request(USES_MEMORY, args=[400, 120], limits={"memory_mb": 256})
         response = await sup.run(large)
         assert response.error_type == "memory_limit", response.error
         assert (response.error or "").startswith("killed: memory ")
