@@ -5,6 +5,8 @@
  * compiled in with -DFAKE_CUDA_LOG="...") as "<pid> <call> <detail>", and a process can ask
  * how many primary contexts it retained (fake_retained), which tells a job whether it runs in
  * a warm spare. -DFAKE_CUDA_FAIL makes cuInit fail as a machine without devices does.
+ * -DFAKE_CUDA_GATE="path" holds cuInit (after its log line) until that file exists, at most
+ * 60 s: a warm-up a test catches midway, as a real context creation takes a while.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,10 @@ CUresult cuInit(unsigned int flags) {
     const char *visible = getenv("CUDA_VISIBLE_DEVICES");
     (void)flags;
     note("cuInit", visible ? visible : "(unset)");
+#ifdef FAKE_CUDA_GATE
+    for (int waited = 0; access(FAKE_CUDA_GATE, F_OK) != 0 && waited < 6000; waited++)
+        usleep(10000);
+#endif
 #ifdef FAKE_CUDA_FAIL
     return 100;
 #else

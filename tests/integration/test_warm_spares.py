@@ -33,9 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 
 class FakeDriver:
-    def __init__(self, library: Path, log: Path) -> None:
+    def __init__(self, library: Path, log: Path, gate: Path | None = None) -> None:
         self.library = library
         self.log = log
+        self.gate = gate  # cuInit waits until this file exists (None: it never waits)
 
     def calls(self, name: str) -> list[tuple[int, str]]:
         """``(pid, detail)`` of each ``name`` call, in order."""
@@ -51,15 +52,17 @@ class FakeDriver:
 
 @pytest.fixture
 def fake_driver(tmp_path: Path) -> Callable[..., FakeDriver]:
-    def build(fail: bool = False) -> FakeDriver:
-        log = tmp_path / f"cuda-{'fail' if fail else 'ok'}.log"
-        library = tmp_path / f"libfakecuda-{'fail' if fail else 'ok'}.so"
+    def build(fail: bool = False, gated: bool = False) -> FakeDriver:
+        name = f"{'fail' if fail else 'ok'}{'-gated' if gated else ''}"
+        log, library = tmp_path / f"cuda-{name}.log", tmp_path / f"libfakecuda-{name}.so"
+        gate = tmp_path / f"cuda-{name}.gate" if gated else None
         defines = [f'-DFAKE_CUDA_LOG="{log}"', *(["-DFAKE_CUDA_FAIL"] if fail else [])]
+        defines += [f'-DFAKE_CUDA_GATE="{gate}"'] if gate else []
         subprocess.run(
             ["cc", "-shared", "-fPIC", "-O1", *defines, "-o", str(library), str(FAKE_DRIVER)],
             check=True,
         )
-        return FakeDriver(library, log)
+        return FakeDriver(library, log, gate)
 
     return build
 
@@ -135,6 +138,29 @@ async def test_a_failing_warm_up_is_given_up_after_a_few_tries(
         assert await sees(sup, driver) == [0, "0"]
         assert template.warm_spares == {} and template.warm_failures["0"] == 3
         assert len(driver.calls("cuInit")) == 3
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["warm-up-succeeds", "warm-up-fails"])
+async def test_a_job_that_comes_while_its_spare_warms_up_runs_cold_and_loses_nothing(
+    tmp_path: Path, fake_driver: Callable[..., FakeDriver], fails: bool
+) -> None:
+    """A spare is offered for its GPU set only once its warm-up is done: a job never waits on
+    a warm-up, nor is handed to a spare whose warm-up then fails."""
+    driver = fake_driver(fail=fails, gated=True)
+    assert driver.gate is not None
+    async with Supervisor(two_gpus(tmp_path, driver)) as sup:
+        assert await sees(sup, driver) == [0, "0"]
+        template = base_template(sup)
+        assert await eventually(lambda: driver.calls("cuInit"))  # warming, held at the gate
+        assert await sees(sup, driver) == [0, "0"]  # from the plain spare, at once
+        assert template.warm_spares == {}
+        driver.gate.touch()
+        if fails:
+            assert await eventually(lambda: template.warm_failures["0"] == 1)
+            assert template.warm_spares == {}
+        else:
+            assert await eventually(lambda: "0" in template.warm_spares)
+            assert await sees(sup, driver) == [1, "0"]
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from sandvisor.protocol.messages import (
     KIND,
     SPARE_NAME,
     WARM_FAILED_EXIT,
+    WARM_READY,
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
@@ -99,6 +100,7 @@ def wait_as_spare(sock: socket.socket, warm: dict[str, Any] | None = None) -> No
                 warm_up(warm)  # ahead of the job, as the rest of this (see cuda_warm.py)
             except Exception:
                 os._exit(WARM_FAILED_EXIT)
+            sock.sendall(WARM_READY)  # only now may the template hand it a job
         message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())
         if message == ASSIGN_JOB and len(fds) == JOB_FDS:
@@ -113,7 +115,8 @@ class Template:
         self.control = control
         self.live: set[int] = set()
         self.spare: Spare | None = None
-        self.warm: dict[str, Spare] = {}  # GPU set -> its CUDA-warm spare
+        self.warm: dict[str, Spare] = {}  # GPU set -> its CUDA-warm spare, warm-up done
+        self.warming: dict[str, Spare] = {}  # GPU set -> its spare still warming up
         self._dropped: set[int] = set()  # warm spares killed on request: reaped silently
         self._fork_error = ""
         self._wakeup_r, wakeup_w = os.pipe()
@@ -135,7 +138,10 @@ class Template:
         handlers = self._handlers
         while True:
             for fd, _ in self._poll.poll():
-                if handlers[fd]() is False:
+                # One handler may unwatch another's descriptor within a batch (a warm spare
+                # reaped before its socket's event is seen): that event is stale.
+                handler = handlers.get(fd)
+                if handler is not None and handler() is False:
                     return
 
     def _on_command(self) -> bool:
@@ -206,19 +212,44 @@ class Template:
         return spare.pid
 
     def _fork_warm(self, spec: dict[str, Any]) -> None:
-        """Fork a spare CUDA-warm for ``spec["gpus"]``, unless that set has one; say its pid."""
+        """Fork a spare to warm up for ``spec["gpus"]``, unless that set has one; its pid is said
+        once it is warm (:meth:`_on_warm_ready`), and only then may a job be handed to it."""
         gpus = str(spec.get("gpus"))
-        if gpus in self.warm:
+        if gpus in self.warm or gpus in self.warming:
             return
         spare = self._new_spare(spec)
         if spare is not None:
+            self.warming[gpus] = spare
+            fd = spare.socket.fileno()
+            self._handlers[fd] = lambda: self._on_warm_ready(gpus, spare)
+            self._poll.register(fd, select.POLLIN)
+
+    def _on_warm_ready(self, gpus: str, spare: Spare) -> bool:
+        """The warming spare of ``gpus`` wrote (WARM_READY) or closed its socket (it died: the
+        SIGCHLD path says how)."""
+        try:
+            said = spare.socket.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # a stale wake-up for a descriptor number reused since: wait on
+        except OSError:
+            said = b""
+        self._unwatch(spare)
+        if self.warming.get(gpus) is spare and said == WARM_READY:
+            del self.warming[gpus]
             self.warm[gpus] = spare
             self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid})
+        return True
+
+    def _unwatch(self, spare: Spare) -> None:
+        fd = spare.socket.fileno()
+        if self._handlers.pop(fd, None) is not None:
+            self._poll.unregister(fd)
 
     def _drop_warm(self, gpus: str) -> None:
-        spare = self.warm.pop(gpus, None)
+        spare = self.warm.pop(gpus, None) or self.warming.pop(gpus, None)
         if spare is None:
             return
+        self._unwatch(spare)
         self._dropped.add(spare.pid)
         spare.socket.close()
         with contextlib.suppress(OSError):
@@ -284,17 +315,20 @@ class Template:
                 self._warm_lost(pid, status)
 
     def _warm_lost(self, pid: int, status: int) -> None:
-        for gpus, spare in list(self.warm.items()):
-            if spare.pid == pid:
-                del self.warm[gpus]
-                spare.socket.close()
-                self.send({KIND: FrameKind.WARM_LOST, "gpus": gpus, "pid": pid, "status": status})
+        for spares in (self.warm, self.warming):
+            for gpus, spare in list(spares.items()):
+                if spare.pid == pid:
+                    del spares[gpus]
+                    self._unwatch(spare)
+                    spare.socket.close()
+                    frame = {KIND: FrameKind.WARM_LOST, "gpus": gpus, "pid": pid, "status": status}
+                    self.send(frame)
 
     def kill_jobs(self) -> None:
         for pid in self.live:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-        for spare in [self.spare, *self.warm.values()]:
+        for spare in [self.spare, *self.warm.values(), *self.warming.values()]:
             if spare is not None:  # perhaps not yet in a session of its own
                 with contextlib.suppress(OSError):
                     os.kill(spare.pid, signal.SIGKILL)
