@@ -69,7 +69,9 @@ class FrameKind:
     EXIT = "exit"
     #: ts, live (how many job children it watches): the answer to a ping.
     PONG = "pong"
-    #: gpus, pid: a spare forked to be CUDA-warm for that GPU set (COMMAND_WARM).
+    #: gpus, pid, memory: a spare forked to be CUDA-warm for that GPU set (COMMAND_WARM), sent
+    #: once it is warm; memory: ``[free, total]`` MiB per visible device from the spare's driver
+    #: (cuMemGetInfo_v2) after its warm-up, by device ordinal, or ``[]`` if it could not say.
     WARM = "warm"
     #: gpus, pid, status (as from wait): a warm spare died before it got a job (its warm-up
     #: failed: status WARM_FAILED_EXIT), not counting one dropped by COMMAND_DROP_WARM.

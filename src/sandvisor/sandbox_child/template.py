@@ -96,9 +96,11 @@ def wait_as_spare(sock: socket.socket, warm: dict[str, Any] | None = None) -> No
         channel = prepare_streams()
         if warm is not None:
             try:
-                warm_up(warm)  # ahead of the job, as the rest of this (see cuda_warm.py)
+                memory = warm_up(warm)  # ahead of the job, as the rest of this (cuda_warm.py)
             except Exception:
                 os._exit(WARM_FAILED_EXIT)
+            # Warm: the template announces it, with what the driver says of its devices.
+            sock.sendall(encode_frame({KIND: FrameKind.WARM, "memory": memory}))
         message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())
         if message == ASSIGN_JOB and len(fds) == JOB_FDS:
@@ -196,6 +198,7 @@ class Template:
 
     def _hand_to(self, spare: Spare, fds: tuple[int, int, int]) -> int | None:
         """Give the job's descriptors to ``spare``; its pid, or None if it is gone."""
+        self._unwatch(spare)
         try:
             socket.send_fds(spare.socket, [ASSIGN_JOB], list(fds))
         except OSError as exc:
@@ -206,19 +209,41 @@ class Template:
         return spare.pid
 
     def _fork_warm(self, spec: dict[str, Any]) -> None:
-        """Fork a spare CUDA-warm for ``spec["gpus"]``, unless that set has one; say its pid."""
+        """Fork a spare CUDA-warm for ``spec["gpus"]``, unless that set has one; it is announced
+        once it says it is warm (:meth:`_warmed`)."""
         gpus = str(spec.get("gpus"))
         if gpus in self.warm:
             return
         spare = self._new_spare(spec)
         if spare is not None:
             self.warm[gpus] = spare
-            self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid})
+            fd = spare.socket.fileno()
+            self._handlers[fd] = lambda: self._warmed(gpus, spare)
+            self._poll.register(fd, select.POLLIN)
+
+    def _warmed(self, gpus: str, spare: Spare) -> bool:
+        """The warm spare for ``gpus`` said it is warm, with its devices' memory: announce it
+        (WARM). An end of stream instead means it died warming: SIGCHLD tells (WARM_LOST)."""
+        self._unwatch(spare)
+        try:
+            memory = read_frame(spare.socket.fileno()).get("memory", [])
+        except Exception:  # it died mid-warm-up: reaped and reported on SIGCHLD
+            return True
+        if self.warm.get(gpus) is spare:
+            self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid, "memory": memory})
+        return True
+
+    def _unwatch(self, spare: Spare) -> None:
+        """Stop waiting for ``spare``'s warm report (before its socket closes)."""
+        fd = spare.socket.fileno()
+        if fd >= 0 and self._handlers.pop(fd, None) is not None:
+            self._poll.unregister(fd)
 
     def _drop_warm(self, gpus: str) -> None:
         spare = self.warm.pop(gpus, None)
         if spare is None:
             return
+        self._unwatch(spare)
         self._dropped.add(spare.pid)
         spare.socket.close()
         with contextlib.suppress(OSError):
@@ -287,6 +312,7 @@ class Template:
         for gpus, spare in list(self.warm.items()):
             if spare.pid == pid:
                 del self.warm[gpus]
+                self._unwatch(spare)
                 spare.socket.close()
                 self.send({KIND: FrameKind.WARM_LOST, "gpus": gpus, "pid": pid, "status": status})
 
