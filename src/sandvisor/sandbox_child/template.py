@@ -15,6 +15,10 @@ next spare once it has answered. So the fork, and the page copies a fresh fork p
 between jobs rather than inside one. A spare is forked from the template only and is given exactly
 one job: every job still gets a fresh child, and nothing of one job is in the next.
 
+A CUDA-warm spare (``W``; ``cuda_warm.py``) is such a spare that warms itself first and then
+says so on its socket, with its devices' memory; the template announces it (``warm``) only
+then. ``G`` hands a job to the warm spare of a set, ``D`` kills it (see ``protocol/messages.py``).
+
 The job child is made exactly as a spawned one is (``runner.run_job``): its own session, the
 job's descriptors only, the job's environment, limits and working dir. What the template imported
 stays imported in the child, which is the point: the child starts at the cost of a fork.
