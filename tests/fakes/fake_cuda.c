@@ -7,6 +7,9 @@
  * a warm spare. -DFAKE_CUDA_FAIL makes cuInit fail as a machine without devices does.
  * -DFAKE_CUDA_GATE="path" holds cuInit (after its log line) until that file exists, at most
  * 60 s: a warm-up a test catches midway, as a real context creation takes a while.
+ * cuMemGetInfo_v2 answers for the current context's device from the file compiled in as
+ * -DFAKE_CUDA_MEMORY="...": line N is "<free MiB> <total MiB>" of GPU N (the host's index, as
+ * CUDA_VISIBLE_DEVICES names it); without that file it returns CUDA_ERROR_NOT_SUPPORTED (801).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,7 @@ typedef void *CUcontext;
 
 static int initialized = 0;
 static int retained = 0;
+static int current = -1; /* the ordinal of the current context's device */
 
 static void note(const char *call, const char *detail) {
     FILE *log = fopen(FAKE_CUDA_LOG, "a");
@@ -76,7 +80,45 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *context, CUdevice device) {
 }
 
 CUresult cuCtxSetCurrent(CUcontext context) {
-    return context == NULL ? 201 : 0; /* CUDA_ERROR_INVALID_CONTEXT */
+    if (context == NULL) return 201; /* CUDA_ERROR_INVALID_CONTEXT */
+    current = (int)(long)context - 1;
+    return 0;
+}
+
+/* The host's index of visible device `ordinal` (CUDA_VISIBLE_DEVICES "1,3": 1 is 3). */
+static int host_index(int ordinal) {
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    if (visible == NULL) return ordinal;
+    for (int seen = 0; seen < ordinal; seen++) {
+        visible = strchr(visible, ',');
+        if (visible == NULL) return -1;
+        visible++;
+    }
+    return atoi(visible);
+}
+
+CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+    if (current < 0) return 201;
+#ifdef FAKE_CUDA_MEMORY
+    FILE *figures = fopen(FAKE_CUDA_MEMORY, "r");
+    unsigned long free_mib = 0, total_mib = 0;
+    int found = 0;
+    if (figures == NULL) return 801;
+    for (int index = 0; index <= host_index(current); index++)
+        found = fscanf(figures, "%lu %lu", &free_mib, &total_mib) == 2;
+    fclose(figures);
+    if (!found) return 801;
+    *free_bytes = (size_t)free_mib << 20;
+    *total_bytes = (size_t)total_mib << 20;
+    char detail[32];
+    snprintf(detail, sizeof detail, "%d", host_index(current));
+    note("cuMemGetInfo_v2", detail);
+    return 0;
+#else
+    (void)free_bytes;
+    (void)total_bytes;
+    return 801; /* CUDA_ERROR_NOT_SUPPORTED */
+#endif
 }
 
 int fake_retained(void) { return retained; }

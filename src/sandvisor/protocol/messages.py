@@ -69,8 +69,10 @@ class FrameKind:
     EXIT = "exit"
     #: ts, live (how many job children it watches): the answer to a ping.
     PONG = "pong"
-    #: gpus, pid: a spare CUDA-warm for that GPU set (COMMAND_WARM), said once its warm-up
-    #: is done (WARM_READY), so a job is never handed to a spare still warming or failing to.
+    #: gpus, pid, memory: a spare CUDA-warm for that GPU set (COMMAND_WARM), said once its
+    #: warm-up is done, so a job is never handed to a spare still warming or failing to;
+    #: memory: ``[free, total]`` MiB per visible device from the spare's driver
+    #: (cuMemGetInfo_v2) after its warm-up, by device ordinal, or ``[]`` if it could not say.
     WARM = "warm"
     #: gpus, pid, status (as from wait): a warm spare died before it got a job (its warm-up
     #: failed: status WARM_FAILED_EXIT), not counting one dropped by COMMAND_DROP_WARM.
@@ -107,8 +109,6 @@ def warm_frame(gpus: str, **fields: str) -> dict[str, str]:
 
 #: Exit status of a warm spare whose warm-up failed (EX_TEMPFAIL + 1: not a job's status).
 WARM_FAILED_EXIT = 76
-#: Warm spare -> template, on the spare's socket: its warm-up is done, it waits for its job.
-WARM_READY = b"R"
 #: Template -> spare: run this job; its three descriptors attached, as with COMMAND_FORK.
 ASSIGN_JOB = b"J"
 #: How many descriptors a fork command (and a job's assignment) carries.

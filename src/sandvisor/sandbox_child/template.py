@@ -15,6 +15,10 @@ next spare once it has answered. So the fork, and the page copies a fresh fork p
 between jobs rather than inside one. A spare is forked from the template only and is given exactly
 one job: every job still gets a fresh child, and nothing of one job is in the next.
 
+A CUDA-warm spare (``W``; ``cuda_warm.py``) is such a spare that warms itself first and then
+says so on its socket, with its devices' memory; the template announces it (``warm``) only
+then. ``G`` hands a job to the warm spare of a set, ``D`` kills it (see ``protocol/messages.py``).
+
 The job child is made exactly as a spawned one is (``runner.run_job``): its own session, the
 job's descriptors only, the job's environment, limits and working dir. What the template imported
 stays imported in the child, which is the point: the child starts at the cost of a fork.
@@ -45,7 +49,6 @@ from sandvisor.protocol.messages import (
     KIND,
     SPARE_NAME,
     WARM_FAILED_EXIT,
-    WARM_READY,
     FrameKind,
 )
 from sandvisor.sandbox_child import logs
@@ -97,10 +100,11 @@ def wait_as_spare(sock: socket.socket, warm: dict[str, Any] | None = None) -> No
         channel = prepare_streams()
         if warm is not None:
             try:
-                warm_up(warm)  # ahead of the job, as the rest of this (see cuda_warm.py)
+                memory = warm_up(warm)  # ahead of the job, as the rest of this (cuda_warm.py)
             except Exception:
                 os._exit(WARM_FAILED_EXIT)
-            sock.sendall(WARM_READY)  # only now may the template hand it a job
+            # Warm: the template announces it, with what the driver says of its devices.
+            sock.sendall(encode_frame({KIND: FrameKind.WARM, "memory": memory}))
         message, fds, _, _ = socket.recv_fds(sock, 1, JOB_FDS)
         os.close(sock.detach())
         if message == ASSIGN_JOB and len(fds) == JOB_FDS:
@@ -202,6 +206,7 @@ class Template:
 
     def _hand_to(self, spare: Spare, fds: tuple[int, int, int]) -> int | None:
         """Give the job's descriptors to ``spare``; its pid, or None if it is gone."""
+        self._unwatch(spare)
         try:
             socket.send_fds(spare.socket, [ASSIGN_JOB], list(fds))
         except OSError as exc:
@@ -225,24 +230,28 @@ class Template:
             self._poll.register(fd, select.POLLIN)
 
     def _on_warm_ready(self, gpus: str, spare: Spare) -> bool:
-        """The warming spare of ``gpus`` wrote (WARM_READY) or closed its socket (it died: the
-        SIGCHLD path says how)."""
+        """The warming spare of ``gpus`` said it is warm, with its devices' memory (a WARM
+        frame): announce it. An end of stream instead means it died warming: SIGCHLD tells."""
         try:
-            said = spare.socket.recv(1, socket.MSG_DONTWAIT)
+            spare.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True  # a stale wake-up for a descriptor number reused since: wait on
         except OSError:
-            said = b""
+            pass
         self._unwatch(spare)
-        if self.warming.get(gpus) is spare and said == WARM_READY:
+        try:
+            memory = read_frame(spare.socket.fileno()).get("memory", [])
+        except Exception:  # it died warming up: reaped and reported on SIGCHLD (WARM_LOST)
+            return True
+        if self.warming.get(gpus) is spare:
             del self.warming[gpus]
             self.warm[gpus] = spare
-            self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid})
+            self.send({KIND: FrameKind.WARM, "gpus": gpus, "pid": spare.pid, "memory": memory})
         return True
 
     def _unwatch(self, spare: Spare) -> None:
         fd = spare.socket.fileno()
-        if self._handlers.pop(fd, None) is not None:
+        if fd >= 0 and self._handlers.pop(fd, None) is not None:
             self._poll.unregister(fd)
 
     def _drop_warm(self, gpus: str) -> None:

@@ -219,3 +219,15 @@ async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+def interpreter_identity(python: str) -> tuple[int, int, int] | None:
+    """Which file the interpreter path is (a venv's own symlink), None if it is gone.
+
+    The change time is part of it because a filesystem reuses a freed inode number at once.
+    """
+    try:
+        found = os.lstat(python)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_ctime_ns

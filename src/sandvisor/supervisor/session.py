@@ -183,11 +183,13 @@ class ChildSession:
         if template is not None and self._templates is not None and self._templates.learning:
             frame[REPORT_IMPORTS] = True  # the pool learns preloads from what jobs import
         unsent = send_ahead(pipes.channel, encode_frame(frame | dict(extra)))
+        gpus = self.spec.gpus
+        key = gpu_set(gpus.indices) if gpus is not None and gpus.gpus else None
+        if key is not None and self._templates is not None:
+            # Other warm spares on its GPUs are dropped (all of them for a spawn, which cannot
+            # use one): a job or an instance's actor needs their memory.
+            await self._templates.warm_spares.take(template, key)
         if template is not None:
-            gpus = self.spec.gpus
-            key = gpu_set(gpus.indices) if gpus is not None and gpus.gpus else None
-            if key is not None and self._templates is not None:
-                await self._templates.warm_spares.take(template, key)
             child = await template.fork(pipes, key)
             self.pid, self.exited = child.pid, child.exited
         else:

@@ -116,11 +116,14 @@ class Settings(BaseModel):
     preload_max_rss_mb: int = Field(default=4096, ge=1)
     # CUDA-warm spares (supervisor/warm_spares.py): where jobs get GPUs, a spare per free GPU set
     # with the device's primary context retained through this driver library before its job,
-    # plus a framework warm-up ("torch") if named; only where each GPU has this much free memory.
+    # plus a framework warm-up ("torch") if named; only where, and while, each GPU has this much
+    # free memory not counting the spare (MiB), checked every `cuda_warm_check_interval_s`
+    # seconds while a warm spare exists (0: only when jobs take or release GPUs).
     cuda_warm_spares: bool = True
     cuda_driver_library: str = "libcuda.so.1"
     cuda_warmup: str = ""
     cuda_warm_min_free_mb: int = Field(default=4096, ge=0)
+    cuda_warm_check_interval_s: float = Field(default=5.0, ge=0)
 
     # Job identities (privilege model): when the supervisor runs as root, each job and actor
     # runs as one of these uids ("20000-20063", "20000-20003,20010"; "" for none), all with

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sandvisor.protocol.frames import EndOfStream, Frame, FrameError, encode_frame
@@ -42,6 +42,7 @@ from sandvisor.supervisor.process import (
     JobPipes,
     end_adopted,
     group_is_empty,
+    interpreter_identity,
     spawn_template,
     wait_for_exit,
     warm_loss,
@@ -88,8 +89,10 @@ class TemplateProcess:
         self.alive = True
         self.last_used = time.monotonic()
         self.ready = TemplateReady()  # what it said of itself when it started
-        #: GPU set -> pid of its CUDA-warm spare, as the template announced them
+        #: GPU set -> pid of its CUDA-warm spare, as the template announced them (once warm)
         self.warm_spares: dict[str, int] = {}
+        #: Told of each announcement: (this template, GPU set, [free, total] MiB per device)
+        self.on_warm: Callable[[TemplateProcess, str, list[list[int]]], None] | None = None
         #: GPU set -> warm spares of it that died before a job (their warm-up failed, mostly)
         self.warm_failures: collections.Counter[str] = collections.Counter()
         self.forks = 0
@@ -254,6 +257,8 @@ class TemplateProcess:
             self.spare = frame["pid"]
         elif kind == FrameKind.WARM:
             self.warm_spares[frame["gpus"]] = frame["pid"]
+            if self.on_warm is not None:
+                self.on_warm(self, frame["gpus"], list(frame.get("memory") or []))
         elif kind == FrameKind.WARM_LOST:
             self._warm_lost(frame)
         elif kind == FrameKind.EXIT:
@@ -386,15 +391,3 @@ class TemplateProcess:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def interpreter_identity(python: str) -> tuple[int, int, int] | None:
-    """Which file the interpreter path is (a venv's own symlink), None if it is gone.
-
-    The change time is part of it because a filesystem reuses a freed inode number at once.
-    """
-    try:
-        found = os.lstat(python)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino, found.st_ctime_ns

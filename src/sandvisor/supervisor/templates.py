@@ -20,13 +20,8 @@ from pathlib import Path
 
 from sandvisor.supervisor.gpus import free_memory_mb
 from sandvisor.supervisor.preload_trials import PreloadPolicy, PreloadTrials
-from sandvisor.supervisor.process import JobPipes
-from sandvisor.supervisor.template_process import (
-    ForkedChild,
-    TemplateLost,
-    TemplateProcess,
-    interpreter_identity,
-)
+from sandvisor.supervisor.process import JobPipes, interpreter_identity
+from sandvisor.supervisor.template_process import ForkedChild, TemplateLost, TemplateProcess
 from sandvisor.supervisor.warm_spares import WarmPolicy, WarmSpares
 
 __all__ = ["ForkedChild", "TemplateLost", "TemplatePool", "TemplateProcess"]
@@ -208,6 +203,7 @@ class TemplatePool:
             await self._templates.pop(oldest).stop()
 
     async def close(self) -> None:
+        await self.warm_spares.close()
         await self.trials.close()
         retired, self._retired = self._retired, []
         await asyncio.gather(*(template.stop() for template in retired), return_exceptions=True)
