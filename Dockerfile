@@ -22,15 +22,21 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv venv --system-site-packages --python "$(command -v python3)" /opt/sandvisor \
  && uv sync --locked --no-dev --no-install-project
 COPY src ./src
-RUN uv sync --locked --no-dev --no-editable
+RUN uv sync --locked --no-dev --no-editable --compile-bytecode
 
 # Job identities (README, "Privilege model"): the worker runs as root and runs each job as one
 # of 64 unprivileged users (uids 20000-20063, SANDVISOR_JOB_UIDS) of one group (gid 20000,
 # SANDVISOR_JOB_GID), without login, home or sudo. The store without a volume is
 # /var/lib/sandvisor: root's, passable by jobs; each job's dirs are made its own at its start;
 # the shared Hugging Face cache is the jobs' group's (setgid, group-writable). The runtime
-# (/opt/sandvisor), the app dir and the sources stay root's and read-only for jobs.
-RUN groupadd --gid 20000 sandvisor-jobs \
+# (/opt/sandvisor), the app dir and the sources stay root's and read-only for jobs. Env
+# interpreters (templates) run in a user namespace as uid 19999 (SANDVISOR_TEMPLATE_UID), which
+# owns only the jobs' dir (the supervisor chowns it at start); the runtime is compiled above, as
+# they cannot write its __pycache__.
+RUN groupadd --gid 19999 sandvisor-templates \
+ && useradd --uid 19999 --gid 19999 --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin sv-template \
+ && groupadd --gid 20000 sandvisor-jobs \
  && for uid in $(seq 20000 20063); do \
       useradd --uid "$uid" --gid 20000 --no-create-home --home-dir /nonexistent \
               --shell /usr/sbin/nologin "sv-job-$uid"; \

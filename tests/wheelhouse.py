@@ -27,8 +27,10 @@ def build_wheel(
     *,
     requires: Iterable[str] = (),
     code: str = "",
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write a wheel of module ``name`` (dashes become underscores) into ``directory``."""
+    """Write a wheel of module ``name`` (dashes become underscores) into ``directory``;
+    ``extra``: more files at the top of the wheel (a ``.pth``, say), path -> text."""
     dist = canonicalize_name(name).replace("-", "_")
     module = name.replace("-", "_")
     info = f"{dist}-{version}.dist-info"
@@ -44,6 +46,7 @@ def build_wheel(
     files = {
         f"{module}.py": f"__version__ = {version!r}\n{code}".encode(),
         f"{info}/METADATA": metadata.encode(),
+        **{path: text.encode() for path, text in (extra or {}).items()},
     }
     return _write_wheel(directory, dist, version, files)
 

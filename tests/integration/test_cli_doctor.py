@@ -29,6 +29,7 @@ def test_a_healthy_worker(capsys: pytest.CaptureFixture[str]) -> None:
         "volume",
         "gpus",
         "privilege",
+        "confinement",
         "limits",
         "worker",
         "app",
@@ -70,3 +71,20 @@ def test_the_privilege_line_says_how_jobs_run(capsys: pytest.CaptureFixture[str]
     line = next(line for line in lines if line.split()[1] == "privilege")
     expected = "jobs run as uids 20000-20063" if os.geteuid() == 0 else "not root"
     assert expected in line, line
+
+
+def test_the_confinement_line_says_where_env_interpreters_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main(["doctor", "--no-job"])
+    out = capsys.readouterr().out.splitlines()
+    line = next(line for line in out if line.split()[1] == "confinement")
+    if os.geteuid() == 0:
+        assert line.startswith("ok") and "user namespace as uid 19999" in line, line
+        monkeypatch.setenv("SANDVISOR_CONFINE_ENVS", "0")
+        main(["doctor", "--no-job"])
+        out = capsys.readouterr().out.splitlines()
+        line = next(line for line in out if line.split()[1] == "confinement")
+        assert line.startswith("warn") and "env interpreters run as root" in line, line
+    else:
+        assert line.startswith("warn") and "run as the supervisor" in line, line

@@ -134,6 +134,17 @@ def check_privilege(settings: Settings) -> Check:
     return Check("privilege", status, line)
 
 
+def check_confinement(settings: Settings) -> Check:
+    """Whether env interpreters (templates, a spawned job's host) start confined in a user
+    namespace (a real one is started to see): ``warn`` when they run as root though jobs
+    switch (a dependency's code would run as root), or when jobs do not switch at all."""
+    from sandvisor.supervisor.confinement import decide_confinement
+    from sandvisor.supervisor.privilege import decide
+
+    confinement, line = decide_confinement(settings, decide(settings))
+    return Check("confinement", "ok" if confinement else "warn", line)
+
+
 def check_limits(settings: Settings) -> Check:
     from sandvisor.supervisor.limits import Limits
     from sandvisor.supervisor.settings import physical_memory_bytes
@@ -213,6 +224,7 @@ CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("volume", check_volume),
     ("gpus", check_gpus),
     ("privilege", check_privilege),
+    ("confinement", check_confinement),
     ("limits", check_limits),
     ("worker", check_worker),
     ("app", check_app),

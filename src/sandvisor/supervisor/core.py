@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.cleanup import DirRemover
+from sandvisor.supervisor.confinement import Confinement, decide_confinement
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease, EnvStore
 from sandvisor.supervisor.envs.install_progress import InstallProgress
@@ -115,6 +116,7 @@ class Supervisor:
         self.settings = settings or Settings.from_env()
         self._privilege = privilege
         self.identities: IdentityPool | None = None
+        self.confinement: Confinement | None = None  # decided at start (confinement.py)
         self._jobs: dict[str, JobContext] = {}
         self._templates: TemplatePool | None = None
         self._base_env: dict[str, str] = {}
@@ -125,7 +127,12 @@ class Supervisor:
 
     async def __aenter__(self) -> Supervisor:
         privilege = self.privilege
-        prepare_store(self.settings, privilege)
+        self.confinement, confined = await asyncio.to_thread(
+            decide_confinement, self.settings, privilege
+        )
+        prepare_store(self.settings, privilege, self.confinement.uid if self.confinement else 0)
+        if privilege.switching:
+            (log.info if self.confinement else log.warning)("confinement: %s", confined)
         if privilege.switching:
             lock_dir = lock_dir_for(self.settings.home)
             self.identities = IdentityPool(
@@ -147,6 +154,7 @@ class Supervisor:
                 self._base_env,
                 PreloadPolicy.from_settings(self.settings),
                 WarmPolicy.from_settings(self.settings),
+                self.confinement,
             )
             try:
                 await self._templates.get(sys.executable)  # warm before any job
@@ -372,6 +380,7 @@ class Supervisor:
             notice_interval_s=self.settings.wait_notice_interval_s,
             deployed_module=deployed.module if deployed else None,
             deployed_sys_path=[str(deployed.sys_path)] if deployed else [],
+            confinement=self.confinement,
         )
 
     def _schedule_cleanup(self, workdir: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from sandvisor.protocol.frames import Frame
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
+from sandvisor.supervisor.confinement import Confinement
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease
 from sandvisor.supervisor.gpus import GpuLease, GpuPool, gpu_memory_by_pid
@@ -78,6 +79,7 @@ class JobSpec:
     venv: EnvLease | None = None  # the env it runs in, once leased
     gpus: GpuLease | None = None  # its GPUs, once held
     identity: IdentityLease | None = None  # its uid (and private HOME), once held
+    confinement: Confinement | None = None  # the user namespace a fresh interpreter starts in
 
     def environment(self) -> dict[str, str]:
         """The child's whole environment, as :func:`~sandvisor.supervisor.policy.job_environment`

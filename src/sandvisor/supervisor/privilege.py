@@ -144,16 +144,18 @@ def gpu_device_paths(dev: str = "/dev") -> list[str]:
     return [path for path in paths if stat.S_ISCHR(os.stat(path).st_mode)]
 
 
-def prepare_store(settings: Settings, privilege: Privilege) -> None:
+def prepare_store(settings: Settings, privilege: Privilege, maker: int = 0) -> None:
     """Make the store's dirs jobs use, with the modes the privilege model needs when switching:
-    jobs and private dirs root's and only traversable (each job's own dir inside is its own),
-    the shared Hugging Face cache group-writable for the jobs' group."""
+    jobs and private dirs only traversable (each job's own dir inside is its own), the jobs dir
+    owned by ``maker`` (the uid whose children make the job dirs: root, or the confined
+    templates' uid), the shared Hugging Face cache group-writable for the jobs' group."""
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     if not privilege.switching:
         return
     settings.private_dir.mkdir(parents=True, exist_ok=True)
     for parent in (settings.jobs_dir, settings.private_dir):
         os.chmod(parent, PARENT_MODE)
+    os.chown(settings.jobs_dir, maker, maker)
     cache = settings.hf_home
     cache.mkdir(parents=True, exist_ok=True)
     os.chown(cache, -1, privilege.gid)

@@ -16,8 +16,10 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandvisor.protocol.messages import WARM_FAILED_EXIT
+from sandvisor.supervisor.confinement import Confinement
 from sandvisor.supervisor.procfs import read_proc
 
 
@@ -97,49 +99,58 @@ def child_command(python: Path | str, *args: str) -> list[str]:
     return [str(python), "-m", "sandvisor.sandbox_child", *args]
 
 
-def spawn_job_child(python: Path | str, pipes: JobPipes, env: dict[str, str]) -> int:
-    """A fresh interpreter for one job, in its own session; returns its pid."""
-    channel_fd, stdout_w, stderr_w = pipes.child_fds
-    process = subprocess.Popen(
-        child_command(python, "--channel-fd", str(channel_fd)),
-        stdin=subprocess.DEVNULL,
-        stdout=stdout_w,
-        stderr=stderr_w,
-        pass_fds=(channel_fd,),
-        env=env,
-        start_new_session=True,
-    )
-    # We wait for it ourselves (wait4, for rusage); tell Popen so it never tries.
-    process.returncode = 0
+def start_env_interpreter(
+    argv: list[str], confinement: Confinement | None, pass_fds: tuple[int, ...], **kwargs: Any
+) -> int:
+    """Start an env's interpreter (a template or a job's host) in its own session, in ``/``
+    (nothing in the worker's cwd is importable by it), confined when ``confinement`` is given
+    (see confinement.py); its pid, reaped by its owner (wait4), never by Popen. Raises OSError."""
+    kwargs |= {"stdin": subprocess.DEVNULL, "start_new_session": True, "cwd": "/"}
+    if confinement is not None:
+        return confinement.popen(argv, pass_fds, **kwargs)
+    process = subprocess.Popen(argv, pass_fds=pass_fds, **kwargs)
+    process.returncode = 0  # we wait for it ourselves (wait4, for rusage): Popen never tries
     return process.pid
 
 
+def spawn_job_child(
+    python: Path | str,
+    pipes: JobPipes,
+    env: dict[str, str],
+    confinement: Confinement | None = None,
+) -> int:
+    """A fresh interpreter for one job, in its own session; returns its pid."""
+    channel_fd, stdout_w, stderr_w = pipes.child_fds
+    argv = child_command(python, "--channel-fd", str(channel_fd))
+    return start_env_interpreter(
+        argv, confinement, (channel_fd,), stdout=stdout_w, stderr=stderr_w, env=env
+    )
+
+
 def spawn_template(
-    python: Path | str, preload: list[str], env: Mapping[str, str]
+    python: Path | str,
+    preload: list[str],
+    env: Mapping[str, str],
+    confinement: Confinement | None = None,
 ) -> tuple[int, socket.socket]:
     """A template interpreter (``sandbox_child --template``) in its own session, importing
-    ``preload``; its pid and our end of its control socket. Raises OSError."""
+    ``preload``, confined when ``confinement`` is given; its pid and our end of its control
+    socket. Raises OSError."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     args = ["--template", "--control-fd", str(theirs.fileno())]
     if preload:
         args += ["--preload", ",".join(preload)]
     try:
-        process = subprocess.Popen(
-            child_command(python, *args),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(theirs.fileno(),),
-            env=dict(env),
-            start_new_session=True,
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": dict(env)}
+        pid = start_env_interpreter(
+            child_command(python, *args), confinement, (theirs.fileno(),), **quiet
         )
     except OSError:
         ours.close()
         raise
     finally:
         theirs.close()
-    process.returncode = 0  # reaped by wait_for_exit, never by Popen
-    return process.pid, ours
+    return pid, ours
 
 
 async def wait_for_exit(pid: int) -> ExitInfo | None:

@@ -193,7 +193,9 @@ class ChildSession:
             child = await template.fork(pipes, key)
             self.pid, self.exited = child.pid, child.exited
         else:
-            self.pid = spawn_job_child(self.spec.python, pipes, self.spec.environment())
+            self.pid = spawn_job_child(
+                self.spec.python, pipes, self.spec.environment(), self.spec.confinement
+            )
             self.exited = asyncio.ensure_future(wait_for_exit(self.pid))
         self.template = template
         return unsent

@@ -130,6 +130,10 @@ class Settings(BaseModel):
     # the one group ``job_gid`` (so the shared model caches can be group-writable).
     job_uids: str = "20000-20063"
     job_gid: int = 20000
+    # Env interpreters (templates, a spawned job's host) then start in a user namespace whose
+    # root is this host uid and gid, never a job's (supervisor/confinement.py); off: as root.
+    confine_envs: bool = True
+    template_uid: int = Field(default=19999, ge=1)
 
     # Class instances (actors).
     max_instances: int = 32

@@ -35,6 +35,7 @@ from sandvisor.protocol.messages import (
     warm_frame,
 )
 from sandvisor.supervisor.channel import read_frame_async
+from sandvisor.supervisor.confinement import Confinement
 from sandvisor.supervisor.escalation import escalate
 from sandvisor.supervisor.policy import template_environment
 from sandvisor.supervisor.process import (
@@ -99,12 +100,18 @@ class TemplateProcess:
 
     @classmethod
     async def start(
-        cls, python: str, preload: list[str], env: Mapping[str, str]
+        cls,
+        python: str,
+        preload: list[str],
+        env: Mapping[str, str],
+        confinement: Confinement | None = None,
     ) -> TemplateProcess:
         """A template of ``python`` importing ``preload``, started with ``env`` (less any job's
-        marks) and ready. Raises TemplateLost when it cannot start or never gets ready."""
+        marks), confined when ``confinement`` is given, and ready. Raises TemplateLost when it
+        cannot start or never gets ready."""
         try:
-            pid, control = spawn_template(python, preload, template_environment(env))
+            environ = template_environment(env)
+            pid, control = spawn_template(python, preload, environ, confinement)
         except OSError as exc:
             raise TemplateLost(f"cannot start a template with {python}: {exc}") from exc
         template = cls(python, pid, control)

@@ -13,11 +13,13 @@ that dies is replaced on its next use; a job it was forking, or whose child it w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sandvisor.supervisor.confinement import Confinement
 from sandvisor.supervisor.gpus import free_memory_mb
 from sandvisor.supervisor.preload_trials import PreloadPolicy, PreloadTrials
 from sandvisor.supervisor.process import JobPipes, interpreter_identity
@@ -43,18 +45,19 @@ class TemplatePool:
         env: Mapping[str, str],
         policy: PreloadPolicy | None = None,
         warm: WarmPolicy | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         """``preload``: modules every template imports (``SANDVISOR_PRELOAD``); ``env``: the
         environment of a template started without one given; ``policy``: how templates learn
         more preloads from their jobs (default: learned, kept in memory only); ``warm``: which
-        CUDA-warm spares templates keep for GPU jobs (default: none)."""
+        CUDA-warm spares templates keep for GPU jobs (default: none); ``confinement``: the
+        user namespace templates start in (confinement.py; default: none, as the supervisor)."""
+        self._launch = functools.partial(TemplateProcess.start, confinement=confinement)
         self._limit = max(1, limit)
         self._env = dict(env)
         self._envs: dict[str, dict[str, str]] = {}  # key -> the env its template started with
         self.warm_spares = WarmSpares(warm or WarmPolicy(enabled=False), free_memory_mb)
-        self.trials = PreloadTrials(
-            policy or PreloadPolicy(), preload, TemplateProcess.start, self._install
-        )
+        self.trials = PreloadTrials(policy or PreloadPolicy(), preload, self._launch, self._install)
         self._templates: dict[str, TemplateProcess] = {}
         self._starting: dict[str, asyncio.Task[TemplateProcess]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why) of a failed start
@@ -167,7 +170,7 @@ class TemplatePool:
         self._envs[key] = dict(env)
         preloads = self.trials.preloads(key)
         try:
-            template = await TemplateProcess.start(key, preloads, env)
+            template = await self._launch(key, preloads, env)
         except TemplateLost as exc:
             learned = self.trials.learner(key).learned
             if not learned:
@@ -186,7 +189,7 @@ class TemplatePool:
     ) -> TemplateProcess:
         learner = self.trials.learner(key)
         try:
-            template = await TemplateProcess.start(key, list(learner.forced), env)
+            template = await self._launch(key, list(learner.forced), env)
         except TemplateLost as exc:
             self._failed[key] = (time.monotonic(), str(exc))
             raise

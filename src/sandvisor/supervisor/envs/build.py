@@ -154,6 +154,9 @@ class EnvBuilder:
         constraints.write_text("".join(f"{spec}\n" for spec in satisfied + [p.spec for p in pins]))
         python = staging / "bin" / "python"
         install: list[str | Path] = ["pip", "install", "--no-config", "--python", python]
+        # Compiled here, as the store's owner: the env's interpreters (confined, or jobs) cannot
+        # write its __pycache__, and would otherwise compile every module at every start.
+        install += ["--compile-bytecode"]
         install += ["--constraint", constraints]
         try:
             await self._uv([*install, "--", *(r.spec for r in plan.missing)], env, cwd, log)
