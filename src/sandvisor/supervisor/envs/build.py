@@ -137,6 +137,7 @@ class EnvBuilder:
         venv: list[str | Path] = ["venv", "--quiet", "--no-config", "--relocatable"]
         await self._uv([*venv, "--python", str(base.python), staging], env, cwd, log)
         await self._install(staging, plan, env, cwd, log)
+        await compile_bytecode(base.python, staging)
         self._write_layer(staging, base)
         size = await asyncio.to_thread(disk_usage, staging)
         self._write_marker(staging, plan, base, size)
@@ -154,9 +155,6 @@ class EnvBuilder:
         constraints.write_text("".join(f"{spec}\n" for spec in satisfied + [p.spec for p in pins]))
         python = staging / "bin" / "python"
         install: list[str | Path] = ["pip", "install", "--no-config", "--python", python]
-        # Compiled here, as the store's owner: the env's interpreters (confined, or jobs) cannot
-        # write its __pycache__, and would otherwise compile every module at every start.
-        install += ["--compile-bytecode"]
         install += ["--constraint", constraints]
         try:
             await self._uv([*install, "--", *(r.spec for r in plan.missing)], env, cwd, log)
@@ -195,3 +193,27 @@ class EnvBuilder:
             # A dir without marker (we checked under the build lock): nothing uses it.
             self._layout.discard(final, key)
         os.rename(staging, final)
+
+
+async def compile_bytecode(python: Path | str, venv: Path) -> None:
+    """Compile the env's own packages, as the store's owner: its interpreters (confined
+    templates, jobs) cannot write its ``__pycache__``, and would compile every module they
+    import at every start. Not with the env's interpreter (uv's ``--compile-bytecode`` starts
+    it, and its site runs the packages' ``.pth`` files: code a request chose, as root) but with
+    the base ``python`` the env was made from, isolated and without site (``-I -S``): the same
+    Python, so the same cache tag. A module that does not compile is left to compile at import, as without this step."""
+    process = await asyncio.create_subprocess_exec(
+        str(python),
+        "-I",
+        "-S",
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "0",
+        str(venv / "lib"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await process.wait()
