@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from tests.helpers import class_request, function_request, make_settings
 
+from sandvisor.protocol.codec import encode_value
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
 
@@ -39,6 +40,14 @@ def returning(expression: str) -> str:
 
 
 PICKLED = {"serialization_format": "cloudpickle"}
+
+
+class Interrupting:
+    """An argument whose unpickling raises KeyboardInterrupt (``exec`` pickles by reference)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, ("raise KeyboardInterrupt('at unpickling')",))
+
 
 #: name, code, request fields, expected error_type, expected first line of the error
 ROWS: list[tuple[str, str, dict[str, Any], ErrorType, str]] = [
@@ -108,6 +117,13 @@ ROWS: list[tuple[str, str, dict[str, Any], ErrorType, str]] = [
         "ValueError: bad \\ud800 char",
     ),
     (
+        "argument_unpickling_raises_keyboard_interrupt",
+        "def main(x):\n    return x\n",
+        PICKLED | {"args": [encode_value(Interrupting())]},
+        ErrorType.INVALID_REQUEST,
+        "invalid request: cannot decode args[0]: cannot unpickle (KeyboardInterrupt: at unpickling)",
+    ),
+    (
         "reduce_exits",
         reducing("raise SystemExit(3)"),
         PICKLED,
@@ -120,7 +136,8 @@ ROWS: list[tuple[str, str, dict[str, Any], ErrorType, str]] = [
 def assert_not_lost(response: FunctionResponse) -> None:
     """No fd-3 hint, and none of sandvisor's own frames in what the job wrote."""
     assert "file descriptor" not in (response.error or "")
-    assert "sandvisor" not in (response.stdout or ""), response.stdout
+    assert "sandbox_child" not in (response.error or ""), response.error
+    assert "Traceback" not in (response.stdout or ""), response.stdout
 
 
 @pytest.mark.parametrize(
@@ -202,3 +219,21 @@ async def test_an_instance_outlives_a_method_raising_a_base_exception(
     after = await sup.run(class_request("Keeper", KEEPER, "count", **call))
     assert after.success and after.json_result == 2, after.error
     assert after.instance_info is not None and after.instance_info["recreated"] is False
+
+
+async def test_a_stdout_whose_flush_raises_does_not_stop_the_answer(sup: Supervisor) -> None:
+    code = (
+        "import sys\nclass Out:\n    def write(self, text):\n        return len(text)\n"
+        "    def flush(self):\n        raise KeyboardInterrupt\n\n"
+        "def main():\n    sys.stdout = sys.stderr = Out()\n    return 'answered'\n"
+    )
+    response = await sup.run(function_request(code))
+    assert response.success and response.json_result == "answered", response.error
+
+
+async def test_a_getattr_that_raises_is_the_job_s_failure(sup: Supervisor) -> None:
+    code = "class Lazy:\n    def __getattr__(self, name):\n        raise KeyboardInterrupt(name)\n"
+    response = await sup.run(class_request("Lazy", code, "anything"))
+    assert response.error_type is ErrorType.USER_EXCEPTION, response.error
+    assert (response.error or "").startswith("KeyboardInterrupt: anything"), response.error
+    assert_not_lost(response)

@@ -39,8 +39,10 @@ def decode_value(data: Any, where: str) -> Any:
         raise CodecError(f"{where}: invalid base64 ({exc})") from exc
     try:
         return cloudpickle.loads(raw)
-    except Exception as exc:
-        raise CodecError(f"{where}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the value's own hooks (__setstate__, ...) raised: any class
+        raise CodecError(f"{where}: cannot unpickle ({exception_line(exc)})") from exc
 
 
 def decode_arguments(

@@ -102,7 +102,7 @@ class Actor:
         seq = frame.get("seq")
         fmt = frame.get("serialization_format", "cloudpickle")
         try:
-            method = bound_method(self.instance, frame)
+            method = bound_method(self.instance, frame, self.user_files)
             args, kwargs = decode_or_fail(
                 frame.get("args", []), frame.get("kwargs", {}), fmt, "args"
             )

@@ -58,7 +58,7 @@ def resolve_callable(
     if request.get("execution_type", "function") != "class":
         namespace, origin = load_namespace(request, job, user_files)
         return lookup(namespace, request["function_name"], "function_name", origin)
-    return bound_method(create_instance(request, job, user_files), request)
+    return bound_method(create_instance(request, job, user_files), request, user_files)
 
 
 def load_namespace(
@@ -115,14 +115,21 @@ def check_method(cls: type, method_name: str) -> None:
     raise invalid(f"method_name {method_name!r} is not a method of class {cls.__name__!r}")
 
 
-def bound_method(instance: Any, request: dict[str, Any]) -> Callable[..., Any]:
-    """The instance's method the request names, else an invalid request."""
+def bound_method(
+    instance: Any, request: dict[str, Any], user_files: set[str]
+) -> Callable[..., Any]:
+    """The instance's method the request names, else an invalid request.
+
+    The lookup runs the class's own ``__getattr__``/``__getattribute__``: what they raise but
+    ``AttributeError`` (and ``SystemExit``) is the job's failure, as any raise of its code.
+    """
     method_name = request.get("method_name", "__call__")
-    if not hasattr(instance, method_name):
-        raise invalid(
-            f"method_name {method_name!r} is not a method of class {type(instance).__name__!r}"
-        )
-    return getattr(instance, method_name)
+    with user_code(user_files):
+        if hasattr(instance, method_name):
+            return getattr(instance, method_name)
+    raise invalid(
+        f"method_name {method_name!r} is not a method of class {type(instance).__name__!r}"
+    )
 
 
 def decode_or_fail(args: Any, kwargs: Any, fmt: str, what: str) -> tuple[list[Any], dict[str, Any]]:
@@ -255,11 +262,16 @@ def report_imports(channel: Channel, workdir: str) -> None:
 
 
 def flush_stdio() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``; never raises.
+
+    User code may have closed them, or put objects of its own there whose ``flush`` raises
+    anything: as at the interpreter's exit, that is ignored, and the answer still goes out.
+    """
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass  # user code closed or replaced it: what it wrote is already gone or written
+        except BaseException:  # closed or replaced: what it wrote is already gone or written
+            pass
 
 
 def exit_code_of(exc: SystemExit) -> int:
