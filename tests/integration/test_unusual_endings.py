@@ -179,6 +179,8 @@ async def test_a_descriptor_put_over_the_channel_is_named(sup: Supervisor) -> No
 
 
 KEEPER = """
+import asyncio
+
 class Keeper:
     def __init__(self):
         self.calls = 0
@@ -193,24 +195,29 @@ class Keeper:
 
         raise {"interrupt": KeyboardInterrupt("by hand"), "generator": GeneratorExit("ge"),
                "own": Stop("custom base")}[how]
+
+    async def end_later(self, how):
+        await asyncio.sleep(0)
+        self.end(how)
 """
 
 
 @pytest.mark.parametrize(
-    ("how", "first_line"),
+    ("method", "how", "first_line"),
     [
-        pytest.param("interrupt", "KeyboardInterrupt: by hand", id="keyboard_interrupt"),
-        pytest.param("generator", "GeneratorExit: ge", id="generator_exit"),
-        pytest.param("own", "Stop: custom base", id="own_base_exception"),
+        pytest.param("end", "interrupt", "KeyboardInterrupt: by hand", id="keyboard_interrupt"),
+        pytest.param("end", "generator", "GeneratorExit: ge", id="generator_exit"),
+        pytest.param("end", "own", "Stop: custom base", id="own_base_exception"),
+        pytest.param("end_later", "interrupt", "KeyboardInterrupt: by hand", id="async_method"),
     ],
 )
 async def test_an_instance_outlives_a_method_raising_a_base_exception(
-    sup: Supervisor, how: str, first_line: str
+    sup: Supervisor, method: str, how: str, first_line: str
 ) -> None:
     first = await sup.run(class_request("Keeper", KEEPER, "count"))
     assert first.success, first.error
     call = {"instance_id": first.instance_id, "create_new_instance": False}
-    ended = await sup.run(class_request("Keeper", KEEPER, "end", how, **call))
+    ended = await sup.run(class_request("Keeper", KEEPER, method, how, **call))
     assert ended.error_type is ErrorType.USER_EXCEPTION, ended.error
     assert (ended.error or "").startswith(first_line), ended.error
     assert ", in end\n" in (ended.error or "")  # the job's own frame, not the runtime's

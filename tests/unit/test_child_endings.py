@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from sandvisor.protocol.frames import read_frame
+from sandvisor.protocol.messages import CHANNEL_BROKEN_EXIT
 from sandvisor.protocol.text import STR_FAILED, exception_line, safe_str, wire_safe
+from sandvisor.sandbox_child.channel import Channel, ChannelReplaced
 from sandvisor.sandbox_child.display import display_of
 from sandvisor.sandbox_child.failures import JobFailure, user_code, user_failure
-from sandvisor.sandbox_child.runner import exit_code_of
+from sandvisor.sandbox_child.runner import exit_code_of, runtime_failed
 
 EXIT_VALUES = [
     "None",
@@ -127,3 +131,35 @@ def test_a_traceback_shows_its_last_thousand_entries() -> None:
 )
 def test_a_display_never_fails(value: Any, display: str) -> None:
     assert display_of(value) == display
+
+
+def test_a_runtime_failure_is_lost_with_its_traceback_as_detail() -> None:
+    reader, writer = os.pipe()
+    try:
+        try:
+            raise RuntimeError("runtime bug")
+        except RuntimeError as exc:
+            assert runtime_failed(Channel(writer), exc) == CHANNEL_BROKEN_EXIT
+        frame = read_frame(reader)
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert frame["kind"] == "lost"
+    assert frame["summary"] == "lost: sandvisor's job runtime failed (RuntimeError: runtime bug)"
+    assert frame["detail"].startswith("Traceback (most recent call last):")
+
+
+def test_a_channel_never_writes_to_what_replaced_it(tmp_path: Any) -> None:
+    reader, writer = os.pipe()
+    channel = Channel(writer)
+    channel.pin()
+    stand_in = os.open(tmp_path / "file", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.dup2(stand_in, writer)
+        with pytest.raises(ChannelReplaced):
+            channel.send({"t": "result"})
+        assert runtime_failed(channel, ChannelReplaced("replaced")) == CHANNEL_BROKEN_EXIT
+    finally:
+        for fd in (reader, writer, stand_in):
+            os.close(fd)
+    assert (tmp_path / "file").read_bytes() == b""
