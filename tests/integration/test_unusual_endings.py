@@ -244,3 +244,28 @@ async def test_a_getattr_that_raises_is_the_job_s_failure(sup: Supervisor) -> No
     assert response.error_type is ErrorType.USER_EXCEPTION, response.error
     assert (response.error or "").startswith("KeyboardInterrupt: anything"), response.error
     assert_not_lost(response)
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [
+        pytest.param("import sys\n    sys.exit(70)", "(the job raised SystemExit)", id="sys_exit"),
+        pytest.param(
+            "import os\n    os._exit(0)", "(sys.exit() or os._exit() in the job?)", id="os_exit"
+        ),
+    ],
+)
+async def test_an_exit_is_the_job_s_whatever_its_code(
+    sup: Supervisor, code: str, hint: str
+) -> None:
+    # 70 is also the status of a child whose channel broke: the child says it is the job's.
+    response = await sup.run(function_request(f"def main():\n    {code}\n"))
+    assert response.error_type is ErrorType.EXIT, response.error
+    assert (response.error or "").endswith(hint), response.error
+
+
+async def test_an_instance_method_s_sys_exit_70_is_an_exit(sup: Supervisor) -> None:
+    code = "import sys\nclass Quitter:\n    def quit(self):\n        sys.exit(70)\n"
+    response = await sup.run(class_request("Quitter", code, "quit"))
+    assert response.error_type is ErrorType.EXIT, response.error
+    assert response.exit_code == 70

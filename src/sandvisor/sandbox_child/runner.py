@@ -344,11 +344,21 @@ def run_job(
         logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)
+        announce_exit(channel, code)
     except BaseException as exc:  # the channel broke, or the runtime itself failed
         code = runtime_failed(channel, exc)
     finally:
         flush_stdio()
         os._exit(code)
+
+
+def announce_exit(channel: Channel | None, code: int) -> None:
+    """Tell the supervisor the job itself leaves with ``code`` (an EXITING frame), so that a
+    status that is also the runtime's own (CHANNEL_BROKEN_EXIT) is not taken for a broken
+    channel. A channel that cannot take it loses only the hint."""
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            channel.send({KIND: FrameKind.EXITING, "code": code})
 
 
 def runtime_failed(channel: Channel | None, exc: BaseException) -> int:

@@ -246,6 +246,7 @@ class JobRun:
                 FrameKind.RESULT: self._result,
                 FrameKind.ERROR: self._error,
                 FrameKind.IMPORTS: self._imports,
+                FrameKind.EXITING: self._exiting,
             },
             self.context,
             max_result_bytes=self.spec.limits.max_result_bytes,
@@ -344,6 +345,9 @@ class JobRun:
 
     async def _error(self, frame: Frame) -> None:
         self._report.error = frame
+
+    async def _exiting(self, frame: Frame) -> None:
+        self._report.exit_announced = True
 
     async def _imports(self, frame: Frame) -> None:
         # What the job imported that its template had not: the template may learn to preload it.
