@@ -269,3 +269,14 @@ async def test_an_instance_method_s_sys_exit_70_is_an_exit(sup: Supervisor) -> N
     response = await sup.run(class_request("Quitter", code, "quit"))
     assert response.error_type is ErrorType.EXIT, response.error
     assert response.exit_code == 70
+
+
+async def test_a_logging_handler_that_raises_at_shutdown_changes_no_answer(sup: Supervisor) -> None:
+    code = (
+        "import logging\nclass Loud(logging.Handler):\n    def emit(self, record):\n"
+        "        pass\n    def flush(self):\n        raise KeyboardInterrupt\n\n"
+        "def main():\n    logging.getLogger().addHandler(Loud())\n    raise ValueError('mine')\n"
+    )
+    response = await sup.run(function_request(code))
+    assert response.error_type is ErrorType.USER_EXCEPTION, response.error
+    assert (response.error or "").startswith("ValueError: mine"), response.error

@@ -341,7 +341,10 @@ def run_job(
             execute(job, channel)
             if job.get(REPORT_IMPORTS):
                 report_imports(channel, job["workdir"])
-        logging.shutdown()
+        # The answer is out: the job's logging handlers, closed here as at the interpreter's
+        # exit, may raise anything (as there, it is ignored) and change nothing of it.
+        with contextlib.suppress(BaseException):
+            logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)
         announce_exit(channel, code)

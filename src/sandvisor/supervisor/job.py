@@ -344,7 +344,10 @@ class JobRun:
         self._report.display = frame.get("display")
 
     async def _error(self, frame: Frame) -> None:
-        self._report.error = frame
+        # The job's answer is its first: a later frame (the runtime failing after it) changes
+        # nothing of it.
+        if self._report.error is None:
+            self._report.error = frame
 
     async def _exiting(self, frame: Frame) -> None:
         self._report.exit_announced = True

@@ -152,7 +152,8 @@ def _from_exit(report: Report) -> FunctionResponse:
         return failure(
             ErrorType.LOST,
             f"lost: the job's protocol channel broke before it answered{after}"
-            f" (did the job close, replace (os.dup2) or write to file descriptor {CHANNEL_FD}?)",
+            f" (did the job close, replace (os.dup2) or write to file descriptor {CHANNEL_FD},"
+            f" or call os._exit({CHANNEL_BROKEN_EXIT})?)",
             **exit_fields(exit_info),
         )
     detail = f"the protocol channel broke: {report.channel_error}" if report.channel_error else ""
