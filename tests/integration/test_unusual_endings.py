@@ -228,16 +228,6 @@ async def test_an_instance_outlives_a_method_raising_a_base_exception(
     assert after.instance_info is not None and after.instance_info["recreated"] is False
 
 
-async def test_a_stdout_whose_flush_raises_does_not_stop_the_answer(sup: Supervisor) -> None:
-    code = (
-        "import sys\nclass Out:\n    def write(self, text):\n        return len(text)\n"
-        "    def flush(self):\n        raise KeyboardInterrupt\n\n"
-        "def main():\n    sys.stdout = sys.stderr = Out()\n    return 'answered'\n"
-    )
-    response = await sup.run(function_request(code))
-    assert response.success and response.json_result == "answered", response.error
-
-
 async def test_a_getattr_that_raises_is_the_job_s_failure(sup: Supervisor) -> None:
     code = "class Lazy:\n    def __getattr__(self, name):\n        raise KeyboardInterrupt(name)\n"
     response = await sup.run(class_request("Lazy", code, "anything"))
@@ -271,12 +261,33 @@ async def test_an_instance_method_s_sys_exit_70_is_an_exit(sup: Supervisor) -> N
     assert response.exit_code == 70
 
 
-async def test_a_logging_handler_that_raises_at_shutdown_changes_no_answer(sup: Supervisor) -> None:
-    code = (
-        "import logging\nclass Loud(logging.Handler):\n    def emit(self, record):\n"
-        "        pass\n    def flush(self):\n        raise KeyboardInterrupt\n\n"
-        "def main():\n    logging.getLogger().addHandler(Loud())\n    raise ValueError('mine')\n"
-    )
-    response = await sup.run(function_request(code))
-    assert response.error_type is ErrorType.USER_EXCEPTION, response.error
-    assert (response.error or "").startswith("ValueError: mine"), response.error
+#: Hooks of the job that raise while the runtime flushes or closes its streams and handlers.
+FLUSH_RAISES = "    def flush(self):\n        raise KeyboardInterrupt\n"
+HOOKS = {
+    "stdout": "import sys\nclass Out:\n    def write(self, text):\n        return len(text)\n"
+    + FLUSH_RAISES
+    + "sys.stdout = sys.stderr = Out()\n",
+    "logging": "import logging\nclass Loud(logging.Handler):\n    def emit(self, record):\n"
+    "        pass\n" + FLUSH_RAISES + "logging.getLogger().addHandler(Loud())\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("hook", "ending", "answer"),
+    [
+        pytest.param("stdout", "return 'answered'", "answered", id="stdout_then_result"),
+        pytest.param(
+            "stdout", "raise ValueError('mine')", "ValueError: mine", id="stdout_then_raise"
+        ),
+        pytest.param("logging", "return 'answered'", "answered", id="logging_then_result"),
+        pytest.param(
+            "logging", "raise ValueError('mine')", "ValueError: mine", id="logging_then_raise"
+        ),
+    ],
+)
+async def test_hooks_that_raise_while_streams_close_change_no_answer(
+    sup: Supervisor, hook: str, ending: str, answer: str
+) -> None:
+    response = await sup.run(function_request(f"{HOOKS[hook]}\ndef main():\n    {ending}\n"))
+    said = response.json_result if response.success else (response.error or "").split("\n")[0]
+    assert said == answer, response.error
