@@ -107,6 +107,16 @@ ROWS: list[tuple[str, dict[str, Any], ErrorType | None, int | None, int | None]]
         70,
         None,
     ),
+    (
+        "channel_replaced_by_dup2",
+        function_request(
+            "import os\ndef main():\n    os.dup2(os.open(os.devnull, os.O_WRONLY), 3)\n"
+            "    return 1\n"
+        ),
+        ErrorType.LOST,
+        70,
+        None,
+    ),
 ]
 
 

@@ -23,6 +23,8 @@ GREETER = (
     "    def __init__(self, mood='fine'):\n"
     "        if mood == 'raise':\n"
     "            raise RuntimeError('no mood')\n"
+    "        if mood == 'interrupt':\n"
+    "            raise KeyboardInterrupt('no patience')\n"
     "        if mood == 'crash':\n"
     "            os._exit(5)\n"
     "    def hello(self):\n"
@@ -44,6 +46,11 @@ ROWS: list[tuple[str, dict[str, Any], ErrorType]] = [
         ErrorType.INVALID_REQUEST,
     ),
     ("constructor_raises", {"constructor_args": ["raise"]}, ErrorType.USER_EXCEPTION),
+    (
+        "constructor_raises_keyboard_interrupt",
+        {"constructor_args": ["interrupt"]},
+        ErrorType.USER_EXCEPTION,
+    ),
     ("constructor_exits", {"constructor_args": ["crash"]}, ErrorType.EXIT),
 ]
 

@@ -324,7 +324,7 @@ async def test_an_unpicklable_result_is_a_clear_failure(sup: Supervisor):
     code = "import threading\ndef main():\n    return threading.Lock()\n"
     response = await sup.run(function_request(code, serialization_format="cloudpickle"))
     assert response.error_type == ErrorType.USER_EXCEPTION
-    assert response.error.startswith("result cannot be pickled")
+    assert response.error.startswith("result of type lock cannot be serialized: TypeError")
 
 
 async def test_workdir_is_private_and_removed(sup: Supervisor):

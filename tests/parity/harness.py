@@ -7,6 +7,10 @@ imported as a module and called with the same arguments. Its stdout and stderr s
 as a terminal shows them, and are unbuffered (``PYTHONUNBUFFERED=1``, as a job's are), so what
 it wrote before dying is all there.
 
+What the call raises, any ``BaseException`` but ``SystemExit`` (which exits), is its answer:
+``raised``, with the exception's first line and its traceback as the interpreter prints it (the
+last ``sys.tracebacklimit`` entries, 1000 unless set).
+
 Both sides are reduced to an :class:`Answer`: how the call ended, its result, the exception's
 first line and traceback, and the output lines, with the job's directory written ``<dir>``.
 """
@@ -193,13 +197,21 @@ def write(answer):
         json.dump(answer, handle)
 
 def failed(exc):
-    lines = str(exc).strip().splitlines()
+    try:
+        message = str(exc)
+    except BaseException:  # what the interpreter's printer writes then
+        message = "<exception str() failed>"
+    lines = message.strip().splitlines()
     first = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     tb = exc.__traceback__
     here = os.getcwd() + os.sep
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(here):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    # As the interpreter prints an uncaught exception: its last sys.tracebacklimit entries.
+    limit = getattr(sys, "tracebacklimit", 1000)
+    text = "".join(
+        traceback.format_exception(type(exc), exc, tb or exc.__traceback__, limit=-limit)
+    )
     write({"end": "raised", "error": first, "traceback": text.strip("\n").splitlines()})
 
 def finish(value):
@@ -225,7 +237,9 @@ try:
         async def awaited():
             return await value
         value = asyncio.run(awaited())
-except Exception as exc:
+except SystemExit:
+    raise
+except BaseException as exc:  # the call raised: KeyboardInterrupt and its kind included
     failed(exc)
 else:
     finish(value)

@@ -52,5 +52,5 @@ def test_results_encode_to_the_field_of_their_format():
     assert encode_result({"a": 1}, "json") == {"json_result": {"a": 1}}
     encoded = encode_result({1, 2}, "cloudpickle")["result"]
     assert cloudpickle.loads(base64.b64decode(encoded)) == {1, 2}
-    with pytest.raises(CodecError, match="not JSON-serializable"):
+    with pytest.raises(CodecError, match="result of type set cannot be serialized: TypeError"):
         encode_result({1, 2}, "json")

@@ -13,6 +13,8 @@ from typing import Any
 
 import cloudpickle
 
+from sandvisor.protocol.text import exception_line
+
 CLOUDPICKLE = "cloudpickle"
 JSON = "json"
 FORMATS = (CLOUDPICKLE, JSON)
@@ -37,8 +39,10 @@ def decode_value(data: Any, where: str) -> Any:
         raise CodecError(f"{where}: invalid base64 ({exc})") from exc
     try:
         return cloudpickle.loads(raw)
-    except Exception as exc:
-        raise CodecError(f"{where}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the value's own hooks (__setstate__, ...) raised: any class
+        raise CodecError(f"{where}: cannot unpickle ({exception_line(exc)})") from exc
 
 
 def decode_arguments(
@@ -57,17 +61,28 @@ def decode_arguments(
 
 
 def encode_result(value: Any, fmt: str) -> dict[str, Any]:
-    """The response fields that carry ``value``: ``result`` or ``json_result``."""
-    if fmt == JSON:
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise CodecError(
-                f"result is not JSON-serializable ({exc}); "
-                "use serialization_format='cloudpickle' for Python objects"
-            ) from exc
-        return {"json_result": value}
+    """The response fields that carry ``value``: ``result`` or ``json_result``.
+
+    Encoding runs the value's own hooks (``__reduce__``, ``__getstate__``, ``__str__`` of what
+    they raise): whatever they raise, a ``KeyboardInterrupt`` or a ``RecursionError`` of a deep
+    structure included, becomes a :class:`CodecError` that says so in one line (see
+    :func:`unserializable`). Only ``SystemExit`` passes: that is the job asking to exit.
+    """
     try:
+        if fmt == JSON:
+            json.dumps(value)
+            return {"json_result": value}
         return {"result": encode_value(value)}
-    except Exception as exc:
-        raise CodecError(f"result cannot be pickled ({type(exc).__name__}: {exc})") from exc
+    except SystemExit:
+        raise
+    except BaseException as exc:  # a user hook's failure is the result's, never the runtime's
+        raise CodecError(unserializable(value, exc, fmt)) from exc
+
+
+def unserializable(value: Any, exc: BaseException, fmt: str) -> str:
+    """One line: ``result of type X cannot be serialized: Type: message`` (and, for JSON, how
+    to send Python objects instead)."""
+    line = f"result of type {type(value).__qualname__} cannot be serialized: {exception_line(exc)}"
+    if fmt == JSON:
+        line += "; use serialization_format='cloudpickle' for Python objects"
+    return line

@@ -138,7 +138,12 @@ def read_frame(fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame
 
 def write_frame(fd: int, frame: Frame) -> None:
     """Blocking write of one whole frame to a file descriptor."""
-    view = memoryview(encode_frame(frame))
+    write_encoded(fd, encode_frame(frame))
+
+
+def write_encoded(fd: int, data: bytes) -> None:
+    """Blocking write of all of ``data`` (a frame :func:`encode_frame` made) to ``fd``."""
+    view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]

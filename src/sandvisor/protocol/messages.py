@@ -52,6 +52,9 @@ class FrameKind:
     CREATED = "created"
     #: modules: top-level modules a job imported that its template had not (after its answer).
     IMPORTS = "imports"
+    #: code: the job raised SystemExit and its child now leaves with that status; its exit,
+    #: whatever the code (CHANNEL_BROKEN_EXIT too), is then the job's, not a broken channel.
+    EXITING = "exiting"
 
     # Template -> supervisor, on the control socket.
     #: pid, python, preloaded, preload_failed, preload_noisy (module -> the output or warning

@@ -35,8 +35,10 @@ from sandvisor.sandbox_child.runner import (
     create_instance,
     decode_or_fail,
     enter_job_workdir,
+    error_frame,
     flush_stdio,
     result_fields,
+    send_result,
 )
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -100,7 +102,7 @@ class Actor:
         seq = frame.get("seq")
         fmt = frame.get("serialization_format", "cloudpickle")
         try:
-            method = bound_method(self.instance, frame)
+            method = bound_method(self.instance, frame, self.user_files)
             args, kwargs = decode_or_fail(
                 frame.get("args", []), frame.get("kwargs", {}), fmt, "args"
             )
@@ -119,20 +121,11 @@ class Actor:
         }
         if frame.get("display"):
             reply["display"] = display_of(value)
-        self.channel.send(reply)
+        send_result(self.channel, reply, value, fmt)
 
     def send_failure(self, failure: JobFailure, extra: dict[str, Any]) -> None:
         flush_all_output()
-        self.channel.send(
-            {
-                KIND: FrameKind.ERROR,
-                "kind": failure.kind,
-                "summary": failure.summary,
-                "detail": failure.detail,
-                "info": instance_info(),
-                **extra,
-            }
-        )
+        self.channel.send(error_frame(failure, info=instance_info(), **extra))
 
     def close(self) -> None:
         """What ``asyncio.Runner.close`` does: cancel leftover tasks, end async generators."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import cloudpickle
 
-from sandvisor.sandbox_child.failures import invalid, user_failure
+from sandvisor.sandbox_child.failures import invalid, user_code
 from sandvisor.sandbox_child.workspace import ModulePathError, write_job_source
 
 
@@ -55,10 +55,8 @@ def load_source(
             "".join(traceback.format_exception_only(type(exc), exc)),
         ) from None
     module = new_module(module_name, path)
-    try:
+    with user_code(user_files):
         exec(code, module.__dict__)
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
     return module.__dict__
 
 
@@ -88,10 +86,8 @@ def import_deployed(module_name: str, sys_path: list[str], user_files: set[str])
     """Import the deployed app's module by its name, with the app's directory first on the path."""
     for entry in reversed(sys_path):
         sys.path.insert(0, entry)
-    try:
+    with user_code(user_files):
         module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
     if module.__file__:
         user_files.add(module.__file__)
     return module.__dict__

@@ -12,13 +12,14 @@ import contextlib
 import inspect
 import logging
 import os
+import struct
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result
+from sandvisor.protocol.codec import CodecError, decode_arguments, encode_result, unserializable
 from sandvisor.protocol.messages import (
     CHANNEL_BROKEN_EXIT,
     CHANNEL_FD,
@@ -26,10 +27,11 @@ from sandvisor.protocol.messages import (
     REPORT_IMPORTS,
     FrameKind,
 )
+from sandvisor.protocol.text import exception_line, safe_str, wire_safe
 from sandvisor.sandbox_child import credentials, isolation
-from sandvisor.sandbox_child.channel import Channel
+from sandvisor.sandbox_child.channel import Channel, Unencodable
 from sandvisor.sandbox_child.display import display_of
-from sandvisor.sandbox_child.failures import JobFailure, invalid, user_failure
+from sandvisor.sandbox_child.failures import JobFailure, invalid, user_code
 from sandvisor.sandbox_child.imports import imported_since_template
 from sandvisor.sandbox_child.job_module import import_deployed, load_source
 from sandvisor.sandbox_child.logs import mark_levels
@@ -56,7 +58,7 @@ def resolve_callable(
     if request.get("execution_type", "function") != "class":
         namespace, origin = load_namespace(request, job, user_files)
         return lookup(namespace, request["function_name"], "function_name", origin)
-    return bound_method(create_instance(request, job, user_files), request)
+    return bound_method(create_instance(request, job, user_files), request, user_files)
 
 
 def load_namespace(
@@ -95,10 +97,8 @@ def create_instance(request: dict[str, Any], job: dict[str, Any], user_files: se
         request.get("serialization_format", "cloudpickle"),
         "constructor_args",
     )
-    try:
+    with user_code(user_files):
         return cls(*ctor_args, **ctor_kwargs)
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
 
 
 def check_method(cls: type, method_name: str) -> None:
@@ -115,14 +115,21 @@ def check_method(cls: type, method_name: str) -> None:
     raise invalid(f"method_name {method_name!r} is not a method of class {cls.__name__!r}")
 
 
-def bound_method(instance: Any, request: dict[str, Any]) -> Callable[..., Any]:
-    """The instance's method the request names, else an invalid request."""
+def bound_method(
+    instance: Any, request: dict[str, Any], user_files: set[str]
+) -> Callable[..., Any]:
+    """The instance's method the request names, else an invalid request.
+
+    The lookup runs the class's own ``__getattr__``/``__getattribute__``: what they raise but
+    ``AttributeError`` (and ``SystemExit``) is the job's failure, as any raise of its code.
+    """
     method_name = request.get("method_name", "__call__")
-    if not hasattr(instance, method_name):
-        raise invalid(
-            f"method_name {method_name!r} is not a method of class {type(instance).__name__!r}"
-        )
-    return getattr(instance, method_name)
+    with user_code(user_files):
+        if hasattr(instance, method_name):
+            return getattr(instance, method_name)
+    raise invalid(
+        f"method_name {method_name!r} is not a method of class {type(instance).__name__!r}"
+    )
 
 
 def decode_or_fail(args: Any, kwargs: Any, fmt: str, what: str) -> tuple[list[Any], dict[str, Any]]:
@@ -139,14 +146,15 @@ def call(
     user_files: set[str],
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> Any:
-    """Call it; an awaitable result is run to completion on ``loop`` (else on a new loop)."""
-    try:
+    """Call it; an awaitable result is run to completion on ``loop`` (else on a new loop).
+
+    Whatever the call raises but ``SystemExit`` is the job's failure (see ``failures.user_code``).
+    """
+    with user_code(user_files):
         value = function(*args, **kwargs)
         if inspect.isawaitable(value):
             run = loop.run_until_complete if loop is not None else asyncio.run
             value = run(_awaited(value))
-    except Exception as exc:
-        raise user_failure(exc, user_files) from None
     return value
 
 
@@ -155,6 +163,8 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def result_fields(value: Any, fmt: str, max_result_bytes: int | None) -> dict[str, Any]:
+    """The result's response fields; a result that cannot be encoded, or is over the limit,
+    raises the :class:`JobFailure` that says so."""
     try:
         fields = encode_result(value, fmt)
     except CodecError as exc:
@@ -189,7 +199,26 @@ def execute(job: dict[str, Any], channel: Channel) -> None:
     frame: dict[str, Any] = {KIND: FrameKind.RESULT, "fields": fields}
     if job.get("display"):
         frame["display"] = display_of(value)
-    channel.send(frame)
+    send_result(channel, frame, value, fmt)
+
+
+def send_result(channel: Channel, frame: dict[str, Any], value: Any, fmt: str) -> None:
+    """Send a result frame; one the channel cannot carry is answered as the failure it is.
+
+    A JSON result may be valid JSON and still not fit a frame (a lone surrogate, an int over 64
+    bits, nesting deeper than msgpack allows): nothing was written, and the error frame says
+    ``result of type X cannot be serialized: ...``. A broken channel raises ``OSError``.
+    """
+    try:
+        channel.send(frame)
+    except Unencodable as exc:
+        summary = unserializable(value, exc.__cause__ or exc, fmt)
+        extra = {key: item for key, item in frame.items() if key not in _RESULT_ONLY}
+        channel.send(error_frame(JobFailure("user_exception", summary), **extra))
+
+
+#: The fields of a result frame that its error frame does not carry (it keeps seq and info).
+_RESULT_ONLY = frozenset({KIND, "fields", "display"})
 
 
 def enter_job_workdir(job: dict[str, Any]) -> None:
@@ -207,15 +236,20 @@ def enter_job_workdir(job: dict[str, Any]) -> None:
 
 
 def report_failure(channel: Channel, failure: JobFailure) -> None:
+    """Flush the job's output, then send ``failure`` as an error frame."""
     flush_stdio()
-    channel.send(
-        {
-            KIND: FrameKind.ERROR,
-            "kind": failure.kind,
-            "summary": failure.summary,
-            "detail": failure.detail,
-        }
-    )
+    channel.send(error_frame(failure))
+
+
+def error_frame(failure: JobFailure, **extra: Any) -> dict[str, Any]:
+    """The error frame of ``failure``: its kind, summary and detail, always encodable."""
+    return {
+        KIND: FrameKind.ERROR,
+        "kind": failure.kind,
+        "summary": wire_safe(failure.summary),
+        "detail": wire_safe(failure.detail),
+        **extra,
+    }
 
 
 def report_imports(channel: Channel, workdir: str) -> None:
@@ -228,21 +262,36 @@ def report_imports(channel: Channel, workdir: str) -> None:
 
 
 def flush_stdio() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``; never raises.
+
+    User code may have closed them, or put objects of its own there whose ``flush`` raises
+    anything: as at the interpreter's exit, that is ignored, and the answer still goes out.
+    """
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass  # user code closed or replaced it: what it wrote is already gone or written
+        except BaseException:  # closed or replaced: what it wrote is already gone or written
+            pass
 
 
 def exit_code_of(exc: SystemExit) -> int:
-    """The status ``sys.exit(code)`` gives a process: None is 0, an int itself, anything else 1."""
-    if exc.code is None:
+    """The status ``sys.exit(code)`` gives a process, as CPython's ``handle_system_exit``.
+
+    None is 0; an int is its low 8 bits if it fits a C long, else 255 (CPython's -1 for an
+    overflow); anything else (a string, a float, a list) is printed to stderr and is 1.
+    """
+    code = exc.code
+    if code is None:
         return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF
-    print(exc.code, file=sys.stderr)
+    if isinstance(code, int):
+        return code & 0xFF if _C_LONG_MIN <= code <= _C_LONG_MAX else 255
+    with contextlib.suppress(Exception):  # stderr closed, or a __str__ that fails: still 1
+        print(safe_str(code), file=sys.stderr)
     return 1
+
+
+_C_LONG_MAX = 2 ** (8 * struct.calcsize("l") - 1) - 1
+_C_LONG_MIN = -_C_LONG_MAX - 1
 
 
 def prepare_streams() -> Channel:
@@ -266,9 +315,11 @@ def run_job(
     ``prepared``: the channel :func:`prepare_streams` made ahead of the job, if it ran.
     """
     code = 0
+    channel: Channel | None = None
     try:
         fd = isolation.install_descriptors(channel_fd, stdout_fd, stderr_fd)
         channel = prepared if prepared is not None and prepared.fd == fd else Channel(fd)
+        channel.pin()
         job = channel.receive()
         isolation.name_process(job.get("comm"))
         isolation.apply_job_environment(job)
@@ -290,13 +341,42 @@ def run_job(
             execute(job, channel)
             if job.get(REPORT_IMPORTS):
                 report_imports(channel, job["workdir"])
-        logging.shutdown()
+        # The answer is out: the job's logging handlers, closed here as at the interpreter's
+        # exit, may raise anything (as there, it is ignored) and change nothing of it.
+        with contextlib.suppress(BaseException):
+            logging.shutdown()
     except SystemExit as exc:  # sys.exit() in user code: leave as it asked, with no result
         code = exit_code_of(exc)
-    except BaseException:  # the channel itself broke: the supervisor sees no result and says so
-        code = CHANNEL_BROKEN_EXIT
-        with contextlib.suppress(Exception):  # stderr may be closed too (a job closed every fd)
-            traceback.print_exc()
+        announce_exit(channel, code)
+    except BaseException as exc:  # the channel broke, or the runtime itself failed
+        code = runtime_failed(channel, exc)
     finally:
         flush_stdio()
         os._exit(code)
+
+
+def announce_exit(channel: Channel | None, code: int) -> None:
+    """Tell the supervisor the job itself leaves with ``code`` (an EXITING frame), so that a
+    status that is also the runtime's own (CHANNEL_BROKEN_EXIT) is not taken for a broken
+    channel. A channel that cannot take it loses only the hint."""
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            channel.send({KIND: FrameKind.EXITING, "code": code})
+
+
+def runtime_failed(channel: Channel | None, exc: BaseException) -> int:
+    """The exit status of a child whose runtime (not its job: that is answered) failed.
+
+    A channel that still works gets an error frame of kind ``lost`` that names the failure, with
+    the runtime's traceback as its detail (never in the job's output). A broken or replaced
+    channel cannot: the status then tells the supervisor (CHANNEL_BROKEN_EXIT, said ``lost``).
+    """
+    if channel is not None and not isinstance(exc, OSError):
+        failure = JobFailure(
+            "lost",
+            f"lost: sandvisor's job runtime failed ({exception_line(exc)})",
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        with contextlib.suppress(BaseException):  # the frame is a courtesy: the status says it
+            report_failure(channel, failure)
+    return CHANNEL_BROKEN_EXIT

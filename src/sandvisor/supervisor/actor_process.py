@@ -112,6 +112,7 @@ class ActorProcess:
                 FrameKind.CREATED: answer,
                 FrameKind.RESULT: answer,
                 FrameKind.ERROR: answer,
+                FrameKind.EXITING: self._exiting,
             },
             self._idle,
             max_result_bytes=max_result_bytes,
@@ -120,6 +121,7 @@ class ActorProcess:
         self._on_exit = on_exit
         self.gpu_memory: GpuMemoryReader | None = None  # set when it holds GPUs: counted too
         self.alive = False
+        self.exit_announced = False  # a method raised SystemExit: its exit is the job's
         self.exit_info: ExitInfo | None = None
         self.death: str | None = None  # why it is gone, in words, once it is
         self._exit_task: asyncio.Future[None] | None = None
@@ -215,6 +217,9 @@ class ActorProcess:
 
     async def _running(self, frame: Frame) -> None:
         self._running_at = time.monotonic()
+
+    async def _exiting(self, frame: Frame) -> None:
+        self.exit_announced = True
 
     async def _answer(self, frame: Frame) -> None:
         await self.session.drain()  # the call's output is in the pipe: it goes first
@@ -313,4 +318,5 @@ class ActorProcess:
         await self.session.settle(frames=False)
         await self.session.drain()
         report.exit = self.exit_info
+        report.exit_announced = self.exit_announced
         return Exchange(None, report, {}, self._running_at)

@@ -248,6 +248,7 @@ class JobRun:
                 FrameKind.RESULT: self._result,
                 FrameKind.ERROR: self._error,
                 FrameKind.IMPORTS: self._imports,
+                FrameKind.EXITING: self._exiting,
             },
             self.context,
             max_result_bytes=self.spec.limits.max_result_bytes,
@@ -345,7 +346,13 @@ class JobRun:
         self._report.display = frame.get("display")
 
     async def _error(self, frame: Frame) -> None:
-        self._report.error = frame
+        # The job's answer is its first: a later frame (the runtime failing after it) changes
+        # nothing of it.
+        if self._report.error is None:
+            self._report.error = frame
+
+    async def _exiting(self, frame: Frame) -> None:
+        self._report.exit_announced = True
 
     async def _imports(self, frame: Frame) -> None:
         # What the job imported that its template had not: the template may learn to preload it.

@@ -47,6 +47,7 @@ class Report:
     exit: ExitInfo | None = None
     stopped: tuple[ErrorType, str] | None = None  # we killed it: why, in words
     channel_error: str | None = None  # the protocol channel broke
+    exit_announced: bool = False  # the child said the job raised SystemExit (an EXITING frame)
     elapsed_s: float = 0.0
     limits: Limits | None = None  # the job's limits, to name a breach the kernel acted on
     peak_rss_bytes: int = 0  # the watchdog's highest sample of the job's tree
@@ -147,15 +148,19 @@ def _from_exit(report: Report) -> FunctionResponse:
     if exit_info.signal is not None:
         return _from_signal(report, exit_info, after)
     code = exit_info.exit_code
-    if code == CHANNEL_BROKEN_EXIT:
+    if code == CHANNEL_BROKEN_EXIT and not report.exit_announced:
         return failure(
             ErrorType.LOST,
             f"lost: the job's protocol channel broke before it answered{after}"
-            f" (did the job close or write to file descriptor {CHANNEL_FD}?)",
+            f" (did the job close, replace (os.dup2) or write to file descriptor {CHANNEL_FD},"
+            f" or call os._exit({CHANNEL_BROKEN_EXIT})?)",
             **exit_fields(exit_info),
         )
     detail = f"the protocol channel broke: {report.channel_error}" if report.channel_error else ""
-    hint = " (sys.exit() or os._exit() in the job?)" if code in (0, 1) or code is None else ""
+    if report.exit_announced:
+        hint = " (the job raised SystemExit)"
+    else:
+        hint = " (sys.exit() or os._exit() in the job?)" if code in (0, 1) or code is None else ""
     return failure(
         ErrorType.EXIT,
         f"exited with code {code}{after} without returning a result{hint}",

@@ -11,7 +11,12 @@ from tests.parity.scenarios.calls import ASYNC_AND_CALLABLES
 from tests.parity.scenarios.classes import CLASSES
 from tests.parity.scenarios.data_types import DATACLASSES, ENUMS_AND_PYDANTIC, PICKLING
 from tests.parity.scenarios.differences import DIFFERENCES
-from tests.parity.scenarios.endings import EXITS_AND_DEATHS, TRACEBACKS, WARNINGS_AND_INPUT
+from tests.parity.scenarios.endings import (
+    EXITS_AND_DEATHS,
+    TRACEBACKS,
+    UNUSUAL_ENDINGS,
+    WARNINGS_AND_INPUT,
+)
 from tests.parity.scenarios.module_identity import MODULE_IDENTITY, MODULES
 from tests.parity.scenarios.output import OUTPUT_AND_LOGGING
 from tests.parity.scenarios.processes import MULTIPROCESSING
@@ -28,6 +33,7 @@ ALL: list[Scenario] = [
     *OUTPUT_AND_LOGGING,
     *MODULES,
     *TRACEBACKS,
+    *UNUSUAL_ENDINGS,
     *CLASSES,
     *DIFFERENCES,
 ]

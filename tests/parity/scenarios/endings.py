@@ -210,3 +210,111 @@ TRACEBACKS = [
         """,
     ),
 ]
+
+
+def _exit_row(name: str, code: str) -> Scenario:
+    return Scenario(f"sys_exit_{name}", f"import sys\n\ndef main():\n    sys.exit({code})\n")
+
+
+#: Endings that are not an Exception: the job's BaseException, a failing __str__, odd exits.
+UNUSUAL_ENDINGS = [
+    Scenario(
+        "keyboard_interrupt_after_output",
+        """
+        def main():
+            print("before")
+            raise KeyboardInterrupt
+        """,
+    ),
+    Scenario("generator_exit", "def main():\n    raise GeneratorExit('ge')\n"),
+    Scenario(
+        "base_exception_of_the_job",
+        """
+        class Stop(BaseException):
+            pass
+
+        def main():
+            raise Stop("custom base")
+        """,
+    ),
+    Scenario(
+        "keyboard_interrupt_in_the_module_body",
+        "raise KeyboardInterrupt('at import')\n\ndef main():\n    return 1\n",
+    ),
+    Scenario(
+        "cancelled_error_in_async_main",
+        """
+        import asyncio
+
+        async def main():
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError("c")
+        """,
+    ),
+    *(
+        Scenario(
+            f"exception_str_{name}",
+            f"""
+            class Odd(Exception):
+                def __str__(self):
+                    {body}
+
+            def main():
+                raise Odd("x")
+            """,
+        )
+        for name, body in (
+            ("raises", "raise ValueError('str boom')"),
+            ("is_not_a_string", "return 42"),
+            ("raises_keyboard_interrupt", "raise KeyboardInterrupt"),
+        )
+    ),
+    Scenario(
+        "deep_recursion_shows_the_last_entries",
+        """
+        import sys
+
+        sys.setrecursionlimit(5000)
+
+        def down(n):
+            return down(n + 1)
+
+        def main():
+            return down(0)
+        """,
+    ),
+    _exit_row("none", "None"),
+    _exit_row("int_over_a_c_long", "2 ** 100"),
+    _exit_row("largest_c_long", "2 ** 63 - 1"),
+    _exit_row("negative", "-1"),
+    _exit_row("over_255", "256 + 3"),
+    _exit_row("float", "1.5"),
+    _exit_row("list", "[1, 'two']"),
+    Scenario(
+        "class_method_raises_keyboard_interrupt",
+        """
+        class Worker:
+            def stop(self):
+                print("stopping")
+                raise KeyboardInterrupt("by hand")
+        """,
+        class_name="Worker",
+        method="stop",
+    ),
+    Scenario(
+        "class_constructor_raises_base_exception",
+        """
+        class Refused(BaseException):
+            pass
+
+        class Worker:
+            def __init__(self):
+                raise Refused("not today")
+
+            def run(self):
+                return 1
+        """,
+        class_name="Worker",
+        method="run",
+    ),
+]
