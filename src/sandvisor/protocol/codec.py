@@ -57,11 +57,28 @@ def decode_arguments(
 
 
 def encode_result(value: Any, fmt: str) -> dict[str, Any]:
-    """The response fields that carry ``value``: ``result`` or ``json_result``."""
+    """The response fields that carry ``value``: ``result`` or ``json_result``.
+
+    Raises :class:`CodecError` for a value the format cannot carry. JSON is strict JSON, what
+    RunPod's job API and every client can read: NaN and the infinities are refused (pydantic
+    would write them as null, a wrong answer that looks right; Python's json would write
+    ``NaN``, which is not JSON).
+    """
     if fmt == JSON:
         try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
+            json.dumps(value, allow_nan=False)
+        except ValueError as exc:
+            if "Out of range float" not in str(exc):
+                raise CodecError(
+                    f"result is not JSON-serializable ({exc}); "
+                    "use serialization_format='cloudpickle' for Python objects"
+                ) from exc
+            raise CodecError(
+                "result is not JSON-serializable (it holds NaN or an infinity, which JSON"
+                " cannot carry); return None or a string for them, or use"
+                " serialization_format='cloudpickle'"
+            ) from exc
+        except TypeError as exc:
             raise CodecError(
                 f"result is not JSON-serializable ({exc}); "
                 "use serialization_format='cloudpickle' for Python objects"
