@@ -105,3 +105,8 @@ def test_a_json_result_is_strict_json() -> None:
         with pytest.raises(CodecError, match="holds NaN or an infinity"):
             encode_result(value, "json")
     assert "result" in encode_result(float("nan"), "cloudpickle")
+
+
+def test_a_json_result_is_what_the_wire_carries() -> None:
+    fields = encode_result({1: (2, 3), None: "x"}, "json")
+    assert fields == {"json_result": {"1": [2, 3], "null": "x"}}

@@ -62,11 +62,12 @@ def encode_result(value: Any, fmt: str) -> dict[str, Any]:
     Raises :class:`CodecError` for a value the format cannot carry. JSON is strict JSON, what
     RunPod's job API and every client can read: NaN and the infinities are refused (pydantic
     would write them as null, a wrong answer that looks right; Python's json would write
-    ``NaN``, which is not JSON).
+    ``NaN``, which is not JSON). ``json_result`` is the value as JSON carries it (object keys
+    as strings, tuples as lists), so ``Supervisor.run`` answers what the wire does.
     """
     if fmt == JSON:
         try:
-            json.dumps(value, allow_nan=False)
+            text = json.dumps(value, allow_nan=False)
         except ValueError as exc:
             if "Out of range float" not in str(exc):
                 raise CodecError(
@@ -83,7 +84,7 @@ def encode_result(value: Any, fmt: str) -> dict[str, Any]:
                 f"result is not JSON-serializable ({exc}); "
                 "use serialization_format='cloudpickle' for Python objects"
             ) from exc
-        return {"json_result": value}
+        return {"json_result": json.loads(text)}
     try:
         return {"result": encode_value(value)}
     except Exception as exc:
