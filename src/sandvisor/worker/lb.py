@@ -12,9 +12,9 @@ What worker-flash serves there (worker-tetra 1.0.0 ``src/lb_handler.py``, runpod
                      that is not JSON, 413 for one over ``max_request_bytes`` (not read whole)
     {method} {path}  each route the manifest gives this resource's functions: path, query and
                      JSON-object body are the keyword arguments, the result is the JSON answer;
-                     400 bad input (413 a body too large), 422 arguments that do not fit the function, 500 a failed
-                     job (its error in the body), 502 a failed forward, 503 an app that
-                     cannot be served, 504 a timeout
+                     400 bad input (413 a body too large), 422 arguments that do not fit
+                     the function, 500 a failed job (its error in the body), 502 a failed
+                     forward, 503 an app that cannot be served, 504 a timeout
 
 Every job runs in its own child through ``Supervisor`` (the same limits as the queue path), at
 most ``concurrency`` at once (later requests wait their turn), and is cancelled (its process
