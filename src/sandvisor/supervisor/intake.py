@@ -118,7 +118,7 @@ def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> Functio
         if hasattr(request, "model_dump"):  # e.g. runpod-flash's own FunctionRequest
             request = request.model_dump(exclude_none=True)
         if not isinstance(request, Mapping):
-            raise InvalidRequest(f"the request must be a JSON object, got {json_type(request)}")
+            raise InvalidRequest(f"expected a JSON object, got {json_type(request)}")
         try:
             request = FunctionRequest.model_validate(dict(request))
         except ValidationError as exc:
