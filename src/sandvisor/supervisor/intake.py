@@ -13,7 +13,7 @@ everywhere, before anything of it reaches a child:
 
 ``parse_request`` checks what pydantic's model does not: every value the child is sent must
 travel as msgpack and mean what JSON means (text without lone surrogates, integers of 64 bits,
-string keys, bounded nesting, JSON types only).
+scalar keys, bounded nesting, JSON types only).
 """
 
 from __future__ import annotations
