@@ -57,8 +57,8 @@ def test_a_failed_job_exits_1_with_the_reason_first(tmp_path: Path):
     ("content", "message"),
     [
         (None, "cannot read"),
-        ("{not json", "is not valid JSON"),
-        ("[1, 2]", "must hold a JSON object, not list"),
+        ("{not json", "is not JSON"),
+        ("[1, 2]", "must hold a JSON object, not array"),
     ],
 )
 def test_unreadable_input_exits_2_without_a_traceback(tmp_path: Path, content, message):

@@ -175,6 +175,30 @@ async def test_routes_over_plain_http(api: tuple[str, LbWorker]) -> None:
             assert refused.json()["error"].startswith("TypeError: add() ")
 
 
+async def test_a_route_answers_input_it_cannot_take_with_an_error_body(
+    api: tuple[str, LbWorker],
+) -> None:
+    """F35: no bare 500. A NaN result fails the job (strict JSON); a body Python's json cannot
+    read, or one the child cannot be sent, is 400; one over the limit 413."""
+    url, worker = api
+    deep = b"[" * 5000 + b"]" * 5000
+    long_int = b'{"a": 1' + b"0" * 5000 + b', "b": 1}'
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        nan = await client.post("/add", content=b'{"a": NaN, "b": 1}')
+        assert nan.status_code == 500, nan.text
+        assert nan.json()["error"].startswith("result is not JSON-serializable (it holds NaN")
+        for bad in (deep, long_int, b'{"a": "\\ud800", "b": "x"}'):
+            refused = await client.post("/add", content=bad)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error_type"] == "invalid_request"
+            assert refused.json()["error"].startswith("invalid request: ")
+        worker.settings = worker.settings.model_copy(update={"max_request_bytes": 64})
+        big = await client.post("/add", json={"a": "x" * 100, "b": "y"})
+        assert big.status_code == 413, big.text
+        assert "over the limit of 64 bytes (SANDVISOR_MAX_REQUEST_BYTES)" in big.json()["error"]
+        assert (await client.post("/add", json={"a": 1, "b": 2})).json() == 3
+
+
 async def test_a_route_that_times_out_is_504(tmp_path: Path) -> None:
     environ = flash_environ("api", make_artifact(tmp_path))
     async with (

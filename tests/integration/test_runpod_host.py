@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,15 +15,6 @@ from sandvisor.worker import handler as worker
 from sandvisor.worker import host as hosting
 
 MARKER = "271.828"
-
-
-@pytest.fixture
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[hosting.SupervisorHost]:
-    monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)  # no job API: no progress
-    running = hosting.SupervisorHost(make_settings(tmp_path / "home"))
-    monkeypatch.setattr(hosting, "_host", running)
-    yield running
-    running.close()
 
 
 def marked() -> list[psutil.Process]:

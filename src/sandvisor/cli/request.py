@@ -125,6 +125,8 @@ def read_source(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RequestBuildError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RequestBuildError(f"cannot read {path}: not UTF-8 ({exc.reason})") from None
 
 
 def find_definition(text: str, name: str, path: Path) -> ast.stmt:
@@ -150,12 +152,18 @@ def definition_source(text: str, node: ast.stmt) -> str:
 
 
 def parse_values(raw: list[str], flag: str) -> list[Any]:
+    """Each of ``raw`` as JSON (as the intake reads it); :class:`RequestBuildError` naming the
+    flag and the value (its first 40 characters) for one Python's json cannot read."""
+    from sandvisor.supervisor.errors import InvalidRequest
+    from sandvisor.supervisor.intake import parse_json
+
     values = []
     for item in raw:
+        shown = repr(item) if len(item) <= 40 else repr(item[:40]) + "..."
         try:
-            values.append(json.loads(item))
-        except json.JSONDecodeError as exc:
-            raise RequestBuildError(f"{flag} {item!r} is not JSON ({exc.msg})") from None
+            values.append(parse_json(item, f"{flag} {shown}"))
+        except InvalidRequest as exc:
+            raise RequestBuildError(exc.summary) from None
     return values
 
 

@@ -49,18 +49,33 @@ def add_run_command(subparsers: Any) -> None:
 
 
 def load_request(source: str, stdin: TextIO = sys.stdin) -> dict[str, Any]:
+    """The request in file ``source`` (``-``: ``stdin``): bare, or a RunPod job's ``input``.
+
+    Raises :class:`InputError`, one line, when the file cannot be read, is not JSON (as
+    ``intake.parse_json`` decides: not UTF-8, too deep, an integer too long), is not an object,
+    or is a job whose ``input`` is not an object. The request's fields are checked later, by
+    the Supervisor, as at every entry point.
+    """
+    from sandvisor.supervisor.errors import InvalidRequest
+    from sandvisor.supervisor.intake import job_input, json_type, parse_json
+
     try:
-        text = stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        data: str | bytes = stdin.read() if source == "-" else Path(source).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # a text stdin that is not UTF-8
+        raise InputError(f"{source} is not JSON ({exc})") from None
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{source} is not valid JSON: {exc}") from None
+        document = parse_json(data, source)
+    except InvalidRequest as exc:
+        raise InputError(exc.summary) from None
+    try:
+        document = job_input(document)
+    except InvalidRequest as exc:
+        raise InputError(f"{source}: {exc.summary}") from None
     if not isinstance(document, dict):
-        raise InputError(f"{source} must hold a JSON object, not {type(document).__name__}")
-    job_input = document.get("input")
-    return job_input if isinstance(job_input, dict) else document
+        raise InputError(f"{source} must hold a JSON object, not {json_type(document)}")
+    return dict(document)
 
 
 def use_color(choice: str, stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:

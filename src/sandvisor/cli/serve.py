@@ -32,11 +32,20 @@ def add_serve_command(subparsers: Any) -> None:
 
 def serve_command(options: argparse.Namespace) -> int:
     del options  # runpod reads its own flags from the command line
+    from sandvisor.supervisor.errors import InvalidRequest
+    from sandvisor.supervisor.intake import parse_json
     from sandvisor.supervisor.settings import SettingsError
-    from sandvisor.worker.serve import serve
+    from sandvisor.worker.serve import serve, test_input_text
 
     argv = sys.argv[1:]
     runpod_args = argv[argv.index("serve") + 1 :] if "serve" in argv else []
+    test_input = test_input_text(runpod_args)
+    if test_input is not None:  # runpod's own parse would end in a traceback
+        try:
+            parse_json(test_input, "--test_input")
+        except InvalidRequest as exc:
+            print(f"sandvisor serve: {exc.summary}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return serve(runpod_args)
     except SettingsError as exc:

@@ -67,14 +67,27 @@ def encode_result(value: Any, fmt: str) -> dict[str, Any]:
     they raise): whatever they raise, a ``KeyboardInterrupt`` or a ``RecursionError`` of a deep
     structure included, becomes a :class:`CodecError` that says so in one line (see
     :func:`unserializable`). Only ``SystemExit`` passes: that is the job asking to exit.
+
+    JSON is strict JSON, what RunPod's job API and every client can read: NaN and the
+    infinities are refused (pydantic would write them as null, a wrong answer that looks right;
+    Python's json would write ``NaN``, which is not JSON). ``json_result`` is the value as JSON
+    carries it (object keys as strings, tuples as lists), so ``Supervisor.run`` answers what the
+    wire does.
     """
     try:
         if fmt == JSON:
-            json.dumps(value)
-            return {"json_result": value}
+            return {"json_result": json.loads(json.dumps(value, allow_nan=False))}
         return {"result": encode_value(value)}
     except SystemExit:
         raise
+    except ValueError as exc:
+        if fmt == JSON and "Out of range float" in str(exc):
+            raise CodecError(
+                "result is not JSON-serializable (it holds NaN or an infinity, which JSON"
+                " cannot carry); return None or a string for them, or use"
+                " serialization_format='cloudpickle'"
+            ) from exc
+        raise CodecError(unserializable(value, exc, fmt)) from exc
     except BaseException as exc:  # a user hook's failure is the result's, never the runtime's
         raise CodecError(unserializable(value, exc, fmt)) from exc
 

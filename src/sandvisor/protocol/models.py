@@ -2,17 +2,29 @@
 
 A runpod-flash client sends ``FunctionRequest.model_dump(exclude_none=True)`` as a job's input and
 rebuilds ``FunctionResponse(**output)`` from what we return, so names, defaults and validation
-match theirs exactly. Unknown request fields are ignored, as pydantic does by default. We add a few
+match theirs. Unknown request fields are ignored, as pydantic does by default. We add a few
 optional fields: ``limits`` on requests, ``error_type``/``exit_code``/``signal``/``timings`` on
 responses; runpod-flash's client ignores response fields it does not know.
+
+Where runpod-flash takes any string we take only what its client sends and its worker runs:
+``execution_type`` is ``function`` or ``class``, ``serialization_format`` ``cloudpickle`` or
+``json``, and an ``instance_id`` is a name (:data:`INSTANCE_ID_PATTERN`; runpod-flash makes
+``<ClassName>_<hex>``). The values inside a request are checked further by the supervisor's
+intake (``supervisor/intake.py``), which every entry point goes through.
 """
 
 from __future__ import annotations
 
+import re
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: An instance id names a live instance in logs and answers: letters, digits, ``_``, ``.``,
+#: ``-``, at most 128, not starting with ``.`` or ``-`` (a job id's alphabet; a leading ``_``
+#: is allowed, as runpod-flash names instances after their class).
+INSTANCE_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 class ErrorType(str, Enum):
@@ -41,7 +53,7 @@ class ErrorType(str, Enum):
 class RequestLimits(BaseModel):
     """Per-request limits; each may lower the supervisor's default or raise it up to its ceiling."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     timeout_s: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, gt=0)
@@ -62,7 +74,7 @@ class FunctionRequest(BaseModel):
     system_dependencies: list[str] | None = None
     modules: dict[str, str] = Field(default_factory=dict)
 
-    execution_type: str = "function"
+    execution_type: Literal["function", "class"] = "function"
     class_name: str | None = None
     class_code: str | None = None
     constructor_args: list[Any] = Field(default_factory=list)
@@ -72,13 +84,27 @@ class FunctionRequest(BaseModel):
     create_new_instance: bool = True
 
     accelerate_downloads: bool = True
-    serialization_format: str = "cloudpickle"
+    serialization_format: Literal["cloudpickle", "json"] = "cloudpickle"
 
     # sandvisor's own, optional: absent means the supervisor's defaults.
     limits: RequestLimits | None = None
 
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id_is_a_name(cls, value: str | None) -> str | None:
+        """Refuse an id that is not a name (:data:`INSTANCE_ID_PATTERN`); None passes."""
+        if value is not None and not INSTANCE_ID_PATTERN.fullmatch(value):
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise ValueError(
+                f"{shown!r} ({len(value)} characters) is not 1-128 letters, digits, '_', '.'"
+                " or '-' (not starting with '.' or '-')"
+            )
+        return value
+
     @model_validator(mode="after")
     def validate_execution_requirements(self) -> FunctionRequest:
+        """A function request names its function, a class request its class (runpod-flash's
+        rule; the code may be absent: a deployed app's)."""
         if self.execution_type == "function":
             if self.function_name is None:
                 raise ValueError('function_name is required when execution_type is "function"')

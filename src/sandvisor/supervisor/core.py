@@ -22,8 +22,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from sandvisor.prctl import become_subreaper
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.cleanup import DirRemover
@@ -37,6 +35,7 @@ from sandvisor.supervisor.gpus import GpuPool, detect_gpus
 from sandvisor.supervisor.heartbeat import heartbeat
 from sandvisor.supervisor.identities import IdentityPool, lock_dir_for
 from sandvisor.supervisor.instances import InstanceRegistry
+from sandvisor.supervisor.intake import parse_request
 from sandvisor.supervisor.job import JobRun, JobSpec
 from sandvisor.supervisor.limits import Limits
 from sandvisor.supervisor.manifest import resolve_deployed
@@ -57,27 +56,6 @@ STREAM_BUFFER = 256
 
 #: A job id is a file and process-name component: no separators, no leading dot, bounded.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def parse_request(request: FunctionRequest | Mapping[str, Any] | Any) -> FunctionRequest:
-    if isinstance(request, FunctionRequest):
-        return request
-    if hasattr(request, "model_dump"):  # e.g. runpod-flash's own FunctionRequest
-        request = request.model_dump(exclude_none=True)
-    if not isinstance(request, Mapping):
-        raise InvalidRequest(f"expected a JSON object, got {type(request).__name__}")
-    try:
-        return FunctionRequest.model_validate(dict(request))
-    except ValidationError as exc:
-        raise InvalidRequest(describe_validation_error(exc), str(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where + ': ' if where else ''}{message}{more}"
 
 
 def new_job_id() -> str:

@@ -163,4 +163,9 @@ def _pair(name: str, soft: int, hard: int) -> tuple[int, int]:
 
 
 def _num(value: float) -> str:
+    """A limit as a person reads it: an integer (bytes, MiB, counts) in full up to 256 bits,
+    else by its size; a float in ``%g`` (seconds)."""
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return str(value) if bits <= 256 else f"an integer of {bits} bits"
     return f"{value:g}"

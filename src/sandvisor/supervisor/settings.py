@@ -139,6 +139,10 @@ class Settings(BaseModel):
     max_instances: int = 32
     instance_ttl_s: float = 1800.0
 
+    # The largest request body the HTTP worker reads (bytes): a larger one is refused with 413
+    # before it is held in memory.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
     # RunPod worker.
     concurrency: int | None = None
     runpod_stream: bool = False

@@ -9,12 +9,12 @@ What worker-flash serves there (worker-tetra 1.0.0 ``src/lb_handler.py``, runpod
                      (RunPod measures cold start by that switch); 503 if the Supervisor failed
     POST /execute    a FunctionRequest, bare or {"input": ...} -> 200 and the FunctionResponse
                      (success or not: runpod-flash's stub raises its error); 400 for a body
-                     that is not JSON
+                     that is not JSON, 413 for one over ``max_request_bytes`` (not read whole)
     {method} {path}  each route the manifest gives this resource's functions: path, query and
                      JSON-object body are the keyword arguments, the result is the JSON answer;
-                     400 bad input, 422 arguments that do not fit the function, 500 a failed
-                     job (its error in the body), 502 a failed forward, 503 an app that
-                     cannot be served, 504 a timeout
+                     400 bad input (413 a body too large), 422 arguments that do not fit
+                     the function, 500 a failed job (its error in the body), 502 a failed
+                     forward, 503 an app that cannot be served, 504 a timeout
 
 Every job runs in its own child through ``Supervisor`` (the same limits as the queue path), at
 most ``concurrency`` at once (later requests wait their turn), and is cancelled (its process
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import uuid
@@ -39,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from sandvisor.protocol.models import ErrorType, FunctionResponse
 from sandvisor.supervisor.core import Supervisor
 from sandvisor.supervisor.errors import DeployedAppError, InvalidRequest
+from sandvisor.supervisor.intake import TooLarge, job_input, parse_json, too_large
 from sandvisor.supervisor.manifest import load_manifest
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.supervisor.settings import Settings
@@ -167,9 +167,9 @@ class LbWorker:
     def route_endpoint(self, function: str) -> Any:
         async def endpoint(request: Request) -> Response:
             try:
-                kwargs = await route_arguments(request)
+                kwargs = await route_arguments(request, self.settings.max_request_bytes)
             except InvalidRequest as exc:
-                return error_response(failed(exc))
+                return error_response(failed(exc), body_status(exc))
             raw = {"function_name": function, "kwargs": kwargs, "serialization_format": "json"}
             response = await self.answer(request, raw)
             if response is None:
@@ -199,21 +199,40 @@ async def client_gone(request: Request) -> None:
             return
 
 
-async def route_arguments(request: Request) -> dict[str, Any]:
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, read only while it stays within ``max_bytes``.
+
+    Raises :class:`TooLarge` (answered 413) as soon as a ``Content-Length`` says more, or the
+    bytes received pass the limit: a larger body is never held whole.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(int(declared), max_bytes, "the body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(
+                f"the body is over the limit of {max_bytes} bytes (SANDVISOR_MAX_REQUEST_BYTES)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def route_arguments(request: Request, max_bytes: int) -> dict[str, Any]:
     """Path parameters, then query parameters, then a JSON object body: the keyword arguments.
 
     As runpod-flash's route wrappers take them (``runtime/lb_handler.py``), without its type
     coercion: we do not import the app's code in the worker, so path and query values stay
-    strings. Raises :class:`InvalidRequest` for a body that is not a JSON object.
+    strings. Raises :class:`InvalidRequest` for a body that is not a JSON object, and
+    :class:`TooLarge` for one over ``max_bytes``.
     """
     kwargs: dict[str, Any] = dict(request.path_params)
     kwargs.update(request.query_params)
-    body = await request.body()
+    body = await read_body(request, max_bytes)
     if body.strip():
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"the body is not JSON ({exc})") from None
+        data = parse_json(body)
         if not isinstance(data, dict):
             raise InvalidRequest(
                 f"the body must be a JSON object of the function's arguments, not "
@@ -221,6 +240,11 @@ async def route_arguments(request: Request) -> dict[str, Any]:
             )
         kwargs.update(data)
     return kwargs
+
+
+def body_status(error: InvalidRequest) -> int:
+    """The HTTP status of a body refused before any job: 413 too large, else 400."""
+    return 413 if isinstance(error, TooLarge) else 400
 
 
 def route_status(response: FunctionResponse, function: str) -> int:
@@ -282,12 +306,13 @@ def create_app(settings: Settings, environ: Mapping[str, str], concurrency: int 
     async def execute(request: Request) -> Response:
         worker: LbWorker = app.state.worker
         try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            bad = failed(InvalidRequest(f"the body is not JSON ({exc})"))
-            return JSONResponse(bad.to_wire(), status_code=400)
-        if isinstance(data, dict) and isinstance(data.get("input"), dict):
-            data = data["input"]  # the RunPod job form, as worker-flash accepts it
+            data = parse_json(await read_body(request, worker.settings.max_request_bytes))
+        except InvalidRequest as exc:
+            return JSONResponse(failed(exc).to_wire(), status_code=body_status(exc))
+        try:  # bare, or the RunPod job form {"input": ...}, as worker-flash accepts it
+            data = job_input(data)
+        except InvalidRequest as exc:  # JSON, but no request: answered as an invalid one
+            return JSONResponse(failed(exc).to_wire())
         response = await worker.answer(request, data)
         if response is None:
             return Response(status_code=499)

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
 from sandvisor.supervisor.errors import DeployedAppError, InvalidRequest, RoutingError
+from sandvisor.supervisor.intake import parse_request
 from sandvisor.supervisor.manifest import load_manifest, requested_name
 from sandvisor.supervisor.outcome import failed, failure
 from sandvisor.worker.state_manager import EndpointDirectory, StateManagerConfig
@@ -136,9 +137,9 @@ class Router:
     async def route(self, raw: Any) -> FunctionResponse | None:
         """None to run ``raw`` here; else the answer of the resource it belongs to."""
         try:
-            request = FunctionRequest.model_validate(raw) if isinstance(raw, dict) else None
-        except ValidationError:
-            return None  # the supervisor answers invalid requests
+            request = parse_request(raw)
+        except InvalidRequest:
+            return None  # the supervisor answers invalid requests, as the intake finds them
         target = self.target(request) if request is not None else None
         if request is None or target is None:
             return None

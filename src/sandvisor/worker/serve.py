@@ -54,6 +54,17 @@ def has_test_input(argv: Sequence[str]) -> bool:
     return "--test_input" in argv or any(a.startswith("--test_input=") for a in argv)
 
 
+def test_input_text(argv: Sequence[str]) -> str | None:
+    """The value of ``--test_input`` in ``argv`` (``--test_input X`` or ``--test_input=X``), or
+    None when there is none (runpod's own parser reports a flag without a value)."""
+    for index, arg in enumerate(argv):
+        if arg == "--test_input" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--test_input="):
+            return arg.partition("=")[2]
+    return None
+
+
 def lb_requested(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     """``--lb``; else ``FLASH_ENDPOINT_TYPE=lb`` unless a ``--test_input`` asks for one job."""
     if "--lb" in argv:
