@@ -115,3 +115,37 @@ def test_model_caches_go_to_the_volume_unless_the_worker_names_a_place(
     assert child_environment(settings, own)["HF_HOME"] == "/models"
     monkeypatch.setattr(policy, "volume_present", lambda: False)
     assert "HF_HOME" not in child_environment(settings, WORKER_ENV)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("RUNPOD_API_KEY", "k", True),
+        ("runpod_api_key", "k", True),
+        ("GITHUB_TOKEN", "t", True),
+        ("TOKEN", "t", True),
+        ("API_KEY", "k", True),
+        ("SECRET", "s", True),
+        ("KAGGLE_KEY", "k", True),
+        ("PRIVATE_KEY", "k", True),
+        ("DB_PASS", "p", True),
+        ("SMTP_PASSWD", "p", True),
+        ("PASSWORD", "p", True),
+        ("SENTRY_DSN", "https://k@o.example/1", True),
+        ("AZURE_CONNECTION_STRING", "x", True),
+        ("DATABASE_URL", "sqlite:///x.db", True),
+        ("REDIS_URL", "redis://:hunter2@cache:6379/0", True),
+        ("PIP_INDEX_URL", "https://user:tok@index.example/simple", True),
+        ("TOKENIZERS_PARALLELISM", "false", False),
+        ("PWD", "/app", False),
+        ("KEYRING_BACKEND", "null", False),
+        ("REDIS_URL", "redis://cache:6379/0", False),
+        ("HOMEPAGE", "https://example.com/a:b", False),
+    ],
+)
+def test_secrets_are_known_by_name_in_any_case_and_by_a_url_with_a_password(
+    name: str, value: str, secret: bool
+) -> None:
+    settings = Settings.from_env({})
+    assert is_secret(name, settings, value) is secret
+    assert (name in child_environment(settings, {name: value})) is not secret

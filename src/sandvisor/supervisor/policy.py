@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -26,16 +27,32 @@ if TYPE_CHECKING:  # envs imports this module (is_secret): a runtime import woul
     from sandvisor.supervisor.envs import EnvLease
     from sandvisor.supervisor.gpus import GpuLease
 
-#: Names that hold credentials by convention, removed on top of ``settings.secret_patterns``.
-#: Suffixes, not substrings: ``TOKENIZERS_PARALLELISM`` is not a token.
+#: Names that hold credentials by convention, removed on top of ``settings.secret_patterns``;
+#: matched in upper case (``runpod_api_key`` is ``RUNPOD_API_KEY``). Whole words, not
+#: substrings: ``TOKENIZERS_PARALLELISM`` is not a token, ``PWD`` is no password.
 CONVENTIONAL_SECRETS: tuple[str, ...] = (
+    "TOKEN",
     "*_TOKEN",
-    "*_API_KEY",
+    "SECRET",
     "*_SECRET",
     "*_SECRET_KEY",
+    "API_KEY",
+    "APIKEY",
+    "*_APIKEY",
+    "*_KEY",
+    "PASSWORD",
     "*_PASSWORD",
+    "*_PASS",
+    "*_PASSWD",
     "*_CREDENTIALS",
+    "*_DSN",
+    "*_CONNECTION_STRING",
+    "DATABASE_URL",
 )
+
+#: A value that carries a password whatever its name: a URL with one in it
+#: (``postgres://user:pw@host/db``, ``https://user:token@index/simple``).
+_URL_WITH_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 
 # The supervisor's own interpreter settings, which would break or hijack a child interpreter
 # of another venv (PYTHONINSPECT would even make it wait on an interactive prompt).
@@ -52,9 +69,16 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def is_secret(name: str, settings: Settings) -> bool:
-    """True when ``name`` must not reach a child: a secret pattern matches, no pass pattern does."""
-    secret = matches(name, settings.secret_patterns) or matches(name, CONVENTIONAL_SECRETS)
+def is_secret(name: str, settings: Settings, value: str | None = None) -> bool:
+    """True when variable ``name`` (holding ``value``, when known) must not reach a child: its
+    name, in upper case, matches a secret pattern (configured or conventional), or its value is
+    a URL with a password; and no pass pattern (``SANDVISOR_PASS_VARS``) names it."""
+    upper = name.upper()
+    secret = (
+        matches(upper, (pattern.upper() for pattern in settings.secret_patterns))
+        or matches(upper, CONVENTIONAL_SECRETS)
+        or (value is not None and _URL_WITH_PASSWORD.match(value) is not None)
+    )
     return secret and not matches(name, settings.pass_vars)
 
 
@@ -66,7 +90,7 @@ def child_environment(
     env = {
         name: value
         for name, value in environ.items()
-        if not is_secret(name, settings)
+        if not is_secret(name, settings, value)
         and not matches(name, _INTERPRETER_VARS)
         # Supervisor configuration is ours; the core adds the job's own marks afterwards.
         and not name.startswith(ENV_PREFIX)
