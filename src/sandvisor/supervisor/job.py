@@ -118,7 +118,10 @@ class JobSpec:
             "sys_path": self.deployed_sys_path,
             "workdir": str(self.workdir),
             "env": env,
-            "rlimits": {name: list(pair) for name, pair in self.limits.rlimits().items()},
+            "rlimits": {
+                name: list(pair)
+                for name, pair in self.limits.rlimits(self.identity is not None).items()
+            },
             "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
             "display": self.display,

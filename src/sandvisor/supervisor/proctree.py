@@ -86,6 +86,8 @@ class TreeSample:
     procs: int
     cpu_s: float
     pids: tuple[int, ...]
+    #: Threads of those processes (a process has one at least): what max_procs bounds too.
+    tasks: int = 0
 
 
 @dataclass
@@ -138,6 +140,7 @@ class ProcessTree:
             procs=len(live),
             cpu_s=sum(info.cpu_s for info in live),
             pids=tuple(sorted(info.pid for info in live)),
+            tasks=sum(info.threads for info in live),
         )
 
     def live(self, table: dict[int, ProcInfo] | None = None) -> list[ProcInfo]:
