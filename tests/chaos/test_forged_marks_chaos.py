@@ -43,15 +43,23 @@ def main(release):
 """
 
 # Forks a detached orphan (setsid, double fork: adopted by the template or the host) that takes
-# the victim's name and job variable, hogs ``kind``, then reports its pid and the attacker's uid
-# in ``report`` and stays. The attacker itself stays until ``release`` exists (bounded).
-ATTACKER = """
+# the victim's name (or, for "environ", execs with only the victim's job variable), hogs
+# ``kind``, then reports its pid and the attacker's uid in ``report`` and stays. The attacker itself stays until ``release`` exists (bounded).
+ATTACKER = r"""
 import ctypes, json, os, sys, time
 def main(comm, env_var, victim_id, kind, report, release):
-    os.environ[env_var] = victim_id
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
+            if kind == "environ":  # an exec'd process whose environment names the victim
+                code = (
+                    "import json, os, sys, time\n"
+                    "with open(sys.argv[1] + '.tmp', 'w') as handle:\n"
+                    "    json.dump({'pid': os.getpid(), 'uid': os.getuid()}, handle)\n"
+                    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+                    "time.sleep(120)\n"
+                )
+                os.execve(sys.executable, [sys.executable, "-c", code, report], {env_var: victim_id})
             ctypes.CDLL(None).prctl(15, comm.encode(), 0, 0, 0)
             if kind == "memory":
                 hog = bytearray(300 << 20)
@@ -85,6 +93,7 @@ VICTIM_LIMITS: dict[str, dict[str, Any]] = {
     "procs": {"max_procs": 4},
     "cpu": {"cpu_s": 1.0},
     "end": {},
+    "environ": {},
 }
 
 
@@ -178,7 +187,8 @@ async def test_a_job_wearing_another_jobs_marks_touches_only_itself(
         assert await eventually(report.exists, within_s=30)
         orphan = json.loads(report.read_text())
         attacker_uids.append(orphan["uid"])
-        assert psutil.Process(orphan["pid"]).name() == job_comm(victim_id)
+        marked = psutil.Process(orphan["pid"])
+        assert marked.name() == job_comm(victim_id) or marked.environ() == {JOB_ENV_VAR: victim_id}
         # The victim's watchdog looks at the tree a few times while the orphan holds its hog.
         seen = len(samples)
         victim_samples = lambda: [s for job, s in samples[seen:] if job == victim_id]  # noqa: E731
