@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,13 @@ def main(count):
 
 
 @pytest.fixture(params=["template", "spawn"])
-async def sup(request: pytest.FixtureRequest, tmp_path: Path) -> Supervisor:
+async def sup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Supervisor]:
     settings = make_settings(
         tmp_path / "home", templates=request.param == "template", watch_interval_s=0.05
     )
     async with Supervisor(settings) as running:
         assert running.privilege.switching, running.privilege.reason
-        yield running  # type: ignore[misc]
+        yield running
 
 
 async def test_a_job_starting_many_threads_is_stopped_with_process_limit(sup: Supervisor) -> None:
