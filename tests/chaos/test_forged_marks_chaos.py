@@ -12,14 +12,14 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from tests.chaos.chaos_helpers import HELLO
-from tests.helpers import eventually, function_request, make_settings
+from tests.helpers import eventually, function_request
 
 from sandvisor.protocol.models import FunctionResponse
 from sandvisor.supervisor.core import Supervisor
@@ -113,18 +113,6 @@ def samples(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, TreeSample]]:
     return taken
 
 
-@pytest.fixture(params=["template", "spawn"])
-async def sup(
-    request: pytest.FixtureRequest, tmp_path: Path, samples: list[tuple[str, TreeSample]]
-) -> AsyncIterator[Supervisor]:
-    settings = make_settings(
-        tmp_path / "home", templates=request.param == "template", watch_interval_s=0.05
-    )
-    async with Supervisor(settings) as running:
-        assert running.privilege.switching, running.privilege.reason
-        yield running
-
-
 def processes_of(uid: int) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["uids", "status"]):
@@ -160,12 +148,13 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("kind", list(VICTIM_LIMITS))
 async def test_a_job_wearing_another_jobs_marks_touches_only_itself(
-    sup: Supervisor,
+    identity_sup: Supervisor,
     tmp_path: Path,
     kind: str,
     samples: list[tuple[str, TreeSample]],
     attacker_uids: list[int],
 ) -> None:
+    sup = identity_sup
     victim_id, attacker_id = f"victim-{uuid.uuid4().hex}", f"attacker-{uuid.uuid4().hex}"
     report = tmp_path / "orphan.json"
     victim_release, attacker_release = tmp_path / "victim-go", tmp_path / "attacker-go"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -41,19 +40,11 @@ def main(count):
 """
 
 
-@pytest.fixture(params=["template", "spawn"])
-async def sup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Supervisor]:
-    settings = make_settings(
-        tmp_path / "home", templates=request.param == "template", watch_interval_s=0.05
-    )
-    async with Supervisor(settings) as running:
-        assert running.privilege.switching, running.privilege.reason
-        yield running
-
-
-async def test_a_job_starting_many_threads_is_stopped_with_process_limit(sup: Supervisor) -> None:
+async def test_a_job_starting_many_threads_is_stopped_with_process_limit(
+    identity_sup: Supervisor,
+) -> None:
     request = function_request(THREADS, args=[300], limits={"max_procs": 50, "timeout_s": 60})
-    response = await asyncio.wait_for(sup.run(request), 60)
+    response = await asyncio.wait_for(identity_sup.run(request), 60)
     assert not response.success
     assert response.error_type is ErrorType.PROCESS_LIMIT, response.error
     assert "threads" in (response.error or "")
