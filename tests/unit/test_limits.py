@@ -8,7 +8,7 @@ import pytest
 
 from sandvisor.protocol.models import RequestLimits
 from sandvisor.supervisor.errors import LimitsError
-from sandvisor.supervisor.limits import GIB, MIB, Limits
+from sandvisor.supervisor.limits import GIB, MIB, NPROC_MARGIN, Limits
 from sandvisor.supervisor.settings import Settings
 
 
@@ -100,3 +100,10 @@ def test_rlimits_never_exceed_our_own_hard_limit() -> None:
     rlimits = Limits.resolve(settings(max_open_files=10**9)).rlimits()
     if own_hard != resource.RLIM_INFINITY:
         assert rlimits["RLIMIT_NOFILE"][1] <= own_hard
+
+
+def test_rlimit_nproc_bounds_a_job_identity_only() -> None:
+    limits = Limits.resolve(settings(max_procs=64))
+    assert "RLIMIT_NPROC" not in limits.rlimits()  # the supervisor's own uid: never bounded
+    soft, hard = limits.rlimits(identity=True)["RLIMIT_NPROC"]
+    assert soft == hard <= 64 + NPROC_MARGIN

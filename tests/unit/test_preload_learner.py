@@ -110,3 +110,24 @@ def test_a_trial_template_is_refused_for_what_a_fork_cannot_carry(
     fields: dict[str, Any], problem: str | None
 ) -> None:
     assert trial_problem(_template(**fields), max_rss_mb=2048) == problem
+
+
+def test_the_counter_forgets_names_seen_once_when_over_its_cap() -> None:
+    learner = PreloadLearner(None, learn_after=3, max_counted=10)
+    learner.observe(["numpy", "numpy", "numpy"])  # one job: counted once
+    assert learner._counts["numpy"] == 1
+    learner.observe(["numpy"])
+    for job in range(20):  # a flood of names each seen once
+        learner.observe([f"junk{job}_{i}" for i in range(5)])
+        assert len(learner._counts) <= 10
+    assert learner._counts["numpy"] == 2  # seen twice: kept
+    assert learner.observe(["numpy"]) == ["numpy"]
+
+
+def test_the_counter_keeps_the_most_seen_when_all_are_seen_often() -> None:
+    learner = PreloadLearner(None, learn_after=100, max_counted=3)
+    for _ in range(2):
+        learner.observe(["a", "b", "c", "d", "e"])
+    learner.observe(["a", "b"])
+    assert set(learner._counts) <= {"a", "b", "c", "d", "e"} and len(learner._counts) <= 3
+    assert {"a", "b"} <= set(learner._counts)

@@ -84,3 +84,11 @@ def test_format_bytes() -> None:
     assert format_bytes(2.1 * GB) == "2.1 GB"
     assert format_bytes(3000) == "3 KB"
     assert format_bytes(12) == "12 bytes"
+
+
+def test_threads_count_toward_max_procs() -> None:
+    dog = watchdog(Clock())
+    assert dog.check(TreeSample(rss_bytes=0, procs=1, cpu_s=0.0, pids=(1,), tasks=8)) is None
+    breach = dog.check(TreeSample(rss_bytes=0, procs=2, cpu_s=0.0, pids=(1, 2), tasks=9))
+    assert breach is not None and breach.error_type is ErrorType.PROCESS_LIMIT
+    assert breach.message.startswith("9 threads (in 2 processes) over the limit of 8")

@@ -31,6 +31,14 @@ from typing import Any
 from sandvisor.protocol.frames import Frame
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType
+from sandvisor.supervisor.child_frames import (
+    MalformedFrame,
+    answer_info,
+    display_of,
+    error_fields,
+    malformed_error,
+    result_fields,
+)
 from sandvisor.supervisor.escalation import escalate
 from sandvisor.supervisor.events import LogEvent
 from sandvisor.supervisor.job import JobSpec
@@ -128,6 +136,7 @@ class ActorProcess:
         self._answers: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._running_at: float | None = None
         self._seq = 0
+        self._max_result_bytes = max_result_bytes  # the current call's, once one is sent
         self._stopped = False
 
     @property
@@ -156,6 +165,8 @@ class ActorProcess:
     ) -> Exchange:
         """Run ``call``'s method on the instance; its answer, or how it ended without one."""
         self._seq += 1
+        self._max_result_bytes = limits.max_result_bytes
+        self._drop_stale_answers()
         if self.alive:
             await self.session.send(call.call_frame(self._seq, limits.max_result_bytes))
         return await self._exchange(sink, limits, started, stopped)
@@ -222,8 +233,21 @@ class ActorProcess:
         self.exit_announced = True
 
     async def _answer(self, frame: Frame) -> None:
+        if frame.get(KIND) in (FrameKind.RESULT, FrameKind.ERROR) and frame.get("seq") != (
+            self._seq or None
+        ):
+            return  # not the current call's (the constructor's has none): never a later call's
         await self.session.drain()  # the call's output is in the pipe: it goes first
         self._answers.put_nowait(frame)
+
+    def _drop_stale_answers(self) -> None:
+        """Forget answers of earlier calls still queued (a second one a call sent); keep the
+        channel's end (None)."""
+        ended = False
+        while not self._answers.empty():
+            ended |= self._answers.get_nowait() is None
+        if ended:
+            self._answers.put_nowait(None)
 
     async def _channel_ended(self, broken: Exception | None) -> None:
         # A broken channel shows as no answer; the exit says what happened.
@@ -295,14 +319,18 @@ class ActorProcess:
         return None, None
 
     def _answered(self, frame: Frame) -> Exchange:
+        # The actor runs the instance's code: its frames are checked (child_frames.py).
         report = Report()
         kind = frame[KIND]
-        if kind == FrameKind.RESULT:
-            report.fields = dict(frame.get("fields") or {})
-            report.display = frame.get("display")
-        elif kind == FrameKind.ERROR:
-            report.error = frame
-        return Exchange(kind, report, dict(frame.get("info") or {}), self._running_at)
+        try:
+            if kind == FrameKind.RESULT:
+                report.fields = result_fields(frame, self._max_result_bytes)
+                report.display = display_of(frame)
+            elif kind == FrameKind.ERROR:
+                report.error = dict(error_fields(frame))
+        except MalformedFrame as exc:
+            report.fields, report.error = None, malformed_error(str(kind), str(exc))
+        return Exchange(kind, report, answer_info(frame), self._running_at)
 
     async def _ended(self, report: Report, grace_s: float) -> Exchange:
         """No answer: it died, or we kill it now; its last output still goes to this call."""

@@ -44,6 +44,7 @@ from sandvisor.supervisor.policy import child_environment
 from sandvisor.supervisor.preload_trials import PreloadPolicy
 from sandvisor.supervisor.privilege import Privilege, decide, prepare_store
 from sandvisor.supervisor.settings import Settings
+from sandvisor.supervisor.shared_sweep import sweeper
 from sandvisor.supervisor.streaming import ProgramOutput
 from sandvisor.supervisor.templates import TemplateLost, TemplatePool
 from sandvisor.supervisor.warm_spares import WarmPolicy
@@ -114,7 +115,12 @@ class Supervisor:
         if privilege.switching:
             lock_dir = lock_dir_for(self.settings.home)
             self.identities = IdentityPool(
-                privilege.uids, privilege.gid, lock_dir, homes=self.settings.private_dir
+                privilege.uids,
+                privilege.gid,
+                lock_dir,
+                homes=self.settings.private_dir,
+                # What a uid left in /tmp, /dev/shm, SysV IPC... goes before its next holder.
+                sweep=sweeper(privilege.gid, skip=(self.settings.home,)),
             )
             await self.identities.start()
             log.info("privilege: %s", privilege.reason)

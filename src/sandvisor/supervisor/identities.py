@@ -22,18 +22,37 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import signal
-import stat
 import struct
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandvisor.supervisor.private_homes import (
+    Marks,
+    Prepare,
+    fresh_private_home,
+    home_marks,
+    untouched,
+)
 from sandvisor.supervisor.procfs import ProcInfo, processes_of_uids, signal_process
+
+#: Re-exported: the pool's HOME helpers are used with it.
+__all__ = [
+    "Identity",
+    "IdentityError",
+    "IdentityLease",
+    "IdentityPool",
+    "fresh_private_home",
+    "home_marks",
+    "lock_dir_for",
+    "parse_uids",
+    "untouched",
+]
 
 #: How often a waiting acquire looks again without a release (a leftover may have died).
 RETRY_S = 0.1
@@ -46,10 +65,8 @@ log = logging.getLogger(__name__)
 
 ProcessFinder = Callable[[Iterable[int]], dict[int, list[ProcInfo]]]
 Killer = Callable[[ProcInfo], object]
-#: Makes a uid's private dirs fresh for its next holder (runs on a thread).
-Prepare = Callable[[int], None]
-#: (mtime, ctime, links, mode, uid) of a HOME, its tmp and its site; None if one is missing.
-Marks = tuple[tuple[int, ...], ...] | None
+#: Removes what the uids left in the machine's shared places, in one walk (runs on a thread).
+Sweep = Callable[[Collection[int]], object]
 
 #: A holder that got its HOME this long after the HOME's marks were taken leaves a mark of
 #: anything it changes there: a new entry changes its dir's mtime, a chmod its ctime, and the
@@ -127,7 +144,10 @@ class IdentityPool:
     (:func:`fresh_private_home`, or ``prepare`` when given) before each holder, on a thread of
     the pool's, off the jobs' path; ``stock`` uids are kept ready ahead, so a job does not wait
     for it. None: no private dirs. ``find`` and ``kill``: how processes of uids are found and
-    ended (a walk of /proc and a SIGKILL by default; tests inject their own).
+    ended (a walk of /proc and a SIGKILL by default; tests inject their own). ``sweep``: removes
+    what uids left in the machine's shared places (``shared_sweep.sweep_uids``), on that thread,
+    each time a uid comes back with no process, before it goes out again (the uids that came
+    back meanwhile share one walk); None: nothing.
     """
 
     def __init__(
@@ -140,6 +160,7 @@ class IdentityPool:
         find: ProcessFinder = processes_of_uids,
         kill: Killer = kill_leftover,
         prepare: Prepare | None = None,
+        sweep: Sweep | None = None,
         stock: int = 2,
     ) -> None:
         self.gid = gid
@@ -147,6 +168,9 @@ class IdentityPool:
         if prepare is None and homes is not None:
             prepare = fresh_private_home(homes, gid)
         self._prepare = prepare
+        self._sweep = sweep
+        self._unswept: set[int] = set()  # to sweep: added on the loop, taken on the thread
+        self._sweep_lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None  # one: preparations wait on the disk
         self._stock = stock
         self._preparing: set[asyncio.Future[None]] = set()
@@ -223,7 +247,7 @@ class IdentityPool:
         if self._leased.get(lease.uid) is not lease:
             return
         del self._leased[lease.uid]
-        if empty and self._prepare is not None:
+        if empty and (self._prepare is not None or self._sweep is not None):
             # After the holder's answer has gone out: the check of its HOME is not the job's.
             self._returning.add(lease.uid)
             asyncio.get_running_loop().call_soon(self._returned, lease.uid, lease.acquired_at)
@@ -238,16 +262,32 @@ class IdentityPool:
         self._make_ready(uid, acquired_at)
 
     def _make_ready(self, uid: int, acquired_at: float | None = None) -> None:
-        """``uid`` has no process: fresh private dirs (on a thread), then it may go out."""
-        if self._prepare is None or self._still_fresh(uid, acquired_at):
-            self._empty.append(uid)  # most jobs never write there: a few reads, here
+        """``uid`` has no process: swept, fresh private dirs (on a thread), then it may go out."""
+        prepare = self._prepare
+        if prepare is not None and self._still_fresh(uid, acquired_at):
+            prepare = None  # most jobs never write there: a few reads, here
+        if prepare is None and self._sweep is None:
+            self._empty.append(uid)
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="sandvisor-identities")
+        if self._sweep is not None:
+            with self._sweep_lock:
+                self._unswept.add(uid)
         loop = asyncio.get_running_loop()
-        preparing = loop.run_in_executor(self._thread, self._prepare, uid)
+        preparing = loop.run_in_executor(self._thread, self._ready, uid, prepare)
         self._preparing.add(preparing)
         preparing.add_done_callback(lambda done: self._prepared(uid, done))
+
+    def _ready(self, uid: int, prepare: Prepare | None) -> None:
+        """On the pool's thread: sweep what ``uid`` left (with every uid waiting for a sweep: one
+        walk; a uid an earlier call took along is swept already), then ``prepare`` its dirs."""
+        with self._sweep_lock:
+            uids, self._unswept = self._unswept, set()
+        if self._sweep is not None and uids:
+            self._sweep(uids)
+        if prepare is not None:
+            prepare(uid)
 
     def _still_fresh(self, uid: int, acquired_at: float | None) -> bool:
         """Whether ``uid``'s HOME is as it was made: by its marks, when they were taken long
@@ -325,53 +365,6 @@ class IdentityPool:
         for uid in [uid for uid in self._to_check if uid not in found]:
             self._make_ready(uid)
         self._to_check = [uid for uid in self._to_check if uid in found]
-
-
-def fresh_private_home(root: Path, gid: int) -> Prepare:
-    """A ``prepare`` for the pool: ``root/<uid>`` (HOME) with ``tmp`` (TMPDIR) and ``site``
-    (PIP_TARGET) in it, all the uid's own and empty; what the last holder left is removed.
-
-    Made between holders rather than per job: on a busy disk each ``mkdir`` costs a job's
-    child more than its whole switch of identity (a tenth of a millisecond and more).
-    """
-
-    def prepare(uid: int) -> None:
-        home = root / str(uid)
-        if os.path.lexists(home):
-            trash = root / f".{uid}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.rename(home, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        for path in (home, home / "tmp", home / "site"):
-            os.mkdir(path, 0o700)
-            os.chown(path, uid, gid)
-
-    return prepare
-
-
-def home_marks(home: Path) -> Marks:
-    """The marks of ``home``, ``home/tmp`` and ``home/site`` (three ``lstat``)."""
-    try:
-        found = [os.lstat(path) for path in (home, home / "tmp", home / "site")]
-    except OSError:
-        return None
-    return tuple((s.st_mtime_ns, s.st_ctime_ns, s.st_nlink, s.st_mode, s.st_uid) for s in found)
-
-
-def untouched(home: Path, uid: int) -> bool:
-    """Whether ``home`` is as :func:`fresh_private_home` made it: ``tmp`` and ``site`` alone in
-    it, all three empty dirs (not links) of ``uid`` with mode 0700."""
-    try:
-        if sorted(os.listdir(home)) != ["site", "tmp"]:
-            return False
-        for path in (home, home / "tmp", home / "site"):
-            found = os.lstat(path)
-            mode = found.st_mode
-            if not stat.S_ISDIR(mode) or stat.S_IMODE(mode) != 0o700 or found.st_uid != uid:
-                return False
-        return not os.listdir(home / "tmp") and not os.listdir(home / "site")
-    except OSError:
-        return False
 
 
 def lock_dir_for(home: Path) -> Path:

@@ -25,6 +25,14 @@ from typing import Any
 from sandvisor.protocol.frames import Frame
 from sandvisor.protocol.messages import KIND, FrameKind
 from sandvisor.protocol.models import ErrorType, FunctionRequest, FunctionResponse
+from sandvisor.supervisor.child_frames import (
+    MalformedFrame,
+    display_of,
+    error_fields,
+    imported_modules,
+    malformed_error,
+    result_fields,
+)
 from sandvisor.supervisor.confinement import Confinement
 from sandvisor.supervisor.context import JobContext
 from sandvisor.supervisor.envs import EnvLease
@@ -112,7 +120,10 @@ class JobSpec:
             "sys_path": self.deployed_sys_path,
             "workdir": str(self.workdir),
             "env": env,
-            "rlimits": {name: list(pair) for name, pair in self.limits.rlimits().items()},
+            "rlimits": {
+                name: list(pair)
+                for name, pair in self.limits.rlimits(self.identity is not None).items()
+            },
             "max_result_bytes": self.limits.max_result_bytes,
             "oom_score_adj": CHILD_OOM_SCORE_ADJ,
             "display": self.display,
@@ -156,6 +167,7 @@ class JobRun:
         self._forked_from: TemplateProcess | None = None  # the template of its last attempt
         self._identities = identities
         self._left_nothing = False  # the last attempt's job certainly left no process behind
+        self._imports_seen = False  # the attempt's job sent its one counted import report
         self._report = Report()  # what the current attempt's child reported
         self.watchdog: Watchdog | None = None
 
@@ -239,6 +251,7 @@ class JobRun:
 
     async def _attempt(self, templates: TemplatePool | None) -> Report:
         self._report = Report()
+        self._imports_seen = False
         self._left_nothing = False
         session = ChildSession(
             self.spec,
@@ -341,24 +354,38 @@ class JobRun:
     async def _running(self, frame: Frame) -> None:
         self.context.timings.running = time.monotonic()
 
+    # Every frame is the job's word (it can write to its channel): each is checked
+    # (child_frames.py), the first answer counts, and one malformed is the job's own error.
+
     async def _result(self, frame: Frame) -> None:
-        self._report.fields = dict(frame.get("fields") or {})
-        self._report.display = frame.get("display")
+        report = self._report
+        if report.fields is not None or report.error is not None:
+            return
+        try:
+            report.fields = result_fields(frame, self.spec.limits.max_result_bytes)
+        except MalformedFrame as exc:
+            report.error = malformed_error("result", str(exc))
+            return
+        report.display = display_of(frame)
 
     async def _error(self, frame: Frame) -> None:
-        # The job's answer is its first: a later frame (the runtime failing after it) changes
-        # nothing of it.
-        if self._report.error is None:
-            self._report.error = frame
+        report = self._report
+        if report.fields is not None or report.error is not None:
+            return
+        try:
+            report.error = dict(error_fields(frame))
+        except MalformedFrame as exc:
+            report.error = malformed_error("error", str(exc))
 
     async def _exiting(self, frame: Frame) -> None:
         self._report.exit_announced = True
 
     async def _imports(self, frame: Frame) -> None:
         # What the job imported that its template had not: the template may learn to preload it.
-        modules = frame.get("modules")
-        if self._templates is not None and isinstance(modules, list):
-            self._templates.observe(self.spec.python, (str(name) for name in modules))
+        # One report a job, of names that can be modules.
+        if self._templates is not None and not self._imports_seen:
+            self._imports_seen = True
+            self._templates.observe(self.spec.python, imported_modules(frame))
 
     async def _channel_ended(self, broken: Exception | None) -> None:
         report = self._report

@@ -54,6 +54,10 @@ REQUESTABLE: tuple[tuple[str, str | None, str], ...] = (
     ("max_open_files", None, "MAX_OPEN_FILES"),
 )
 
+#: Tasks a job identity may have beyond ``max_procs`` (``RLIMIT_NPROC``): room for the threads
+#: the runtime and libraries start, so the watchdog names the breach before the kernel refuses.
+NPROC_MARGIN = 64
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -111,8 +115,15 @@ class Limits:
         """Output past which the job is stopped rather than only cut in the middle."""
         return max(self.max_output_bytes, _OUTPUT_FLOOD_FLOOR) * _OUTPUT_FLOOD_FACTOR
 
-    def rlimits(self) -> dict[str, tuple[int, int]]:
-        """Kernel limits for the child, keyed by ``resource`` constant name: (soft, hard)."""
+    def rlimits(self, identity: bool = False) -> dict[str, tuple[int, int]]:
+        """Kernel limits for the child, keyed by ``resource`` constant name: (soft, hard).
+
+        ``identity``: the job runs as a uid of its own, so ``RLIMIT_NPROC`` (which the kernel
+        counts per uid: every process and thread of the uid) bounds the job's tasks, at
+        ``max_procs`` plus :data:`NPROC_MARGIN` (the watchdog says ``process_limit`` first; the
+        kernel stops a burst between its samples). Without one the uid is the supervisor's,
+        shared with every job and the worker itself, and the limit would count them all.
+        """
         limits: dict[str, tuple[int, int]] = {
             "RLIMIT_CORE": (0, 0),
             "RLIMIT_NOFILE": _pair("RLIMIT_NOFILE", self.max_open_files, self.max_open_files),
@@ -127,6 +138,9 @@ class Limits:
             # break CUDA initialisation, so GPU jobs rely on the watchdog alone.
             size = max(self.memory_bytes * _AS_FACTOR, self.memory_bytes + _AS_HEADROOM)
             limits["RLIMIT_AS"] = _pair("RLIMIT_AS", size, size)
+        if identity:
+            tasks = self.max_procs + NPROC_MARGIN
+            limits["RLIMIT_NPROC"] = _pair("RLIMIT_NPROC", tasks, tasks)
         return limits
 
 

@@ -41,7 +41,9 @@ class PreloadLearner:
     ``path``: where the learned and rejected lists are kept (None: not kept). ``forced``: the
     configured preloads (``SANDVISOR_PRELOAD``), always imported, never counted. ``learn_after``:
     how many jobs must import a module before it is tried. ``max_modules``: at most this many
-    learned modules per env.
+    learned modules per env. ``max_counted``: at most this many names counted at once; over it,
+    the names seen once are forgotten (and, were that not enough, all but the most seen), so
+    what jobs report, honestly or not, never grows the worker's memory without bound.
     """
 
     def __init__(
@@ -50,11 +52,13 @@ class PreloadLearner:
         forced: Iterable[str] = (),
         learn_after: int = 2,
         max_modules: int = 32,
+        max_counted: int = 4096,
     ) -> None:
         self.path = path
         self.forced = list(forced)
         self.learn_after = max(1, learn_after)
         self.max_modules = max(0, max_modules)
+        self.max_counted = max(1, max_counted)
         self.learned: list[str] = []
         self.rejected: dict[str, str] = {}  # module -> why
         self._counts: collections.Counter[str] = collections.Counter()
@@ -67,19 +71,30 @@ class PreloadLearner:
         return self.forced + [name for name in self.learned if name not in self.forced]
 
     def observe(self, modules: Iterable[str]) -> list[str]:
-        """Count one job's imports; the modules that have just become candidates (now being
-        tried: :meth:`accept`, :meth:`reject` or :meth:`abandon` each of them later)."""
+        """Count one job's imports (each name once); the modules that have just become
+        candidates (now being tried: :meth:`accept`, :meth:`reject` or :meth:`abandon` each of
+        them later)."""
         known = set(self.forced) | set(self.learned) | set(self.rejected) | self._trying
         room = self.max_modules - len(self.learned) - len(self._trying)
         ready: list[str] = []
-        for name in modules:
+        for name in dict.fromkeys(modules):
             if name in known or not name.isidentifier():
                 continue
             self._counts[name] += 1
             if self._counts[name] >= self.learn_after and len(ready) < room:
                 ready.append(name)
         self._trying.update(ready)
+        if len(self._counts) > self.max_counted:
+            self._forget()
         return ready
+
+    def _forget(self) -> None:
+        """Over ``max_counted`` names: forget those seen once, then, if still over, all but the
+        most seen (ties: the first counted stay)."""
+        counts = collections.Counter({n: c for n, c in self._counts.items() if c > 1})
+        if len(counts) > self.max_counted:
+            counts = collections.Counter(dict(counts.most_common(self.max_counted)))
+        self._counts = counts
 
     def accept(self, modules: Iterable[str]) -> None:
         """Candidates a template imported cleanly: learned, and kept."""

@@ -37,6 +37,8 @@ class ProcInfo:
     start_ticks: int
     cpu_ticks: int
     rss_pages: int
+    #: Its threads (``num_threads``): each is a task the kernel counts, as a process is.
+    threads: int = 1
 
     @property
     def key(self) -> tuple[int, int]:
@@ -95,6 +97,7 @@ def read_proc(pid: int) -> ProcInfo | None:
         start_ticks=int(fields[19]),
         cpu_ticks=int(fields[11]) + int(fields[12]),
         rss_pages=int(fields[21]),
+        threads=int(fields[17]),
     )
 
 

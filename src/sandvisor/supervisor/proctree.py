@@ -11,8 +11,9 @@ marks, cheapest first:
 - the job's marks, for a process that detached (``setsid`` and a double fork) between two scans
   and was reparented to an adopter (the supervisor and the templates are child subreapers): its
   name (the child names itself :func:`job_comm`, which forks inherit), after an exec the
-  ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``, and, for a job that runs as
-  an identity, its uid (which it cannot change).
+  ``SANDVISOR_JOB_ID=<id>`` entry of its ``/proc/<pid>/environ``; for a job that runs as an
+  identity, its uid alone (which it cannot change, while any process can take any name or
+  environment: another job could otherwise wear this one's marks).
 
 A process is known by ``(pid, start time)``, so a reused pid is never taken for a member, and
 signals go through a pidfd checked against that identity (``procfs.signal_process``), so they
@@ -85,6 +86,8 @@ class TreeSample:
     procs: int
     cpu_s: float
     pids: tuple[int, ...]
+    #: Threads of those processes (a process has one at least): what max_procs bounds too.
+    tasks: int = 0
 
 
 @dataclass
@@ -99,7 +102,7 @@ class ProcessTree:
     #: stopped with the job, but its memory, CPU and count are not the job's.
     hosted: bool = False
     #: The job's own uid when it runs as an identity: an orphan of that uid is the job's,
-    #: whatever it renamed itself to or whatever environment it took.
+    #: whatever it renamed itself to or whatever environment it took, and only those are.
     uid: int | None = None
     members: dict[int, ProcInfo] = field(default_factory=dict)
     seen: int = 0
@@ -137,6 +140,7 @@ class ProcessTree:
             procs=len(live),
             cpu_s=sum(info.cpu_s for info in live),
             pids=tuple(sorted(info.pid for info in live)),
+            tasks=sum(info.threads for info in live),
         )
 
     def live(self, table: dict[int, ProcInfo] | None = None) -> list[ProcInfo]:
@@ -201,16 +205,25 @@ class ProcessTree:
         for info in [child for adopter in adopters for child in children.get(adopter, ())]:
             if info.pid in found or info.key in self._strangers:
                 continue
-            if (
-                info.comm == comm
-                or carries_job_id(info.pid, marker)
-                or (self.uid is not None and process_uid(info.pid) == self.uid)
-            ):
+            if self._marked(info, comm, marker):
                 found[info.pid] = info
                 claimed = True
             else:
                 self._strangers.add(info.key)
         return claimed
+
+    def _marked(self, info: ProcInfo, comm: str, marker: bytes) -> bool:
+        """Whether orphan ``info`` bears this job's mark; reads its ``/proc`` entry, raises nothing.
+
+        With an identity the uid is the mark: any process may take any name (``PR_SET_NAME``
+        needs no privilege, and every comm is world-readable) or any environment, so a name or
+        a variable would let one job claim, count against its own limits, and kill another's
+        processes; only the kernel sets the uid. Without identities every job runs as one uid
+        and the name or variable is all there is: forgeable between jobs (README says so).
+        """
+        if self.uid is not None:
+            return process_uid(info.pid) == self.uid
+        return info.comm == comm or carries_job_id(info.pid, marker)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,12 @@ class Watchdog:
                 ErrorType.PROCESS_LIMIT,
                 f"{sample.procs} processes over the limit of {limits.max_procs} {after}",
             )
+        if sample.tasks > limits.max_procs:  # threads are tasks too, as the kernel counts
+            return Breach(
+                ErrorType.PROCESS_LIMIT,
+                f"{sample.tasks} threads (in {sample.procs} processes) over the limit of"
+                f" {limits.max_procs} processes and threads {after}",
+            )
         if limits.cpu_s is not None and sample.cpu_s > limits.cpu_s + _CPU_SLACK_S:
             return Breach(
                 ErrorType.CPU_LIMIT,
