@@ -25,6 +25,11 @@ import os, struct, msgpack
 def main(frame, repeat=1):
     frame = {key: (value * repeat if key == "fields" and repeat > 1 else value)
              for key, value in frame.items()}
+    # A request carries JSON only: "bytes:..." in a field stands for the bytes a forger sends.
+    fields = frame.get("fields")
+    if isinstance(fields, dict):
+        frame["fields"] = {k: (v[6:].encode() if isinstance(v, str) and v.startswith("bytes:") else v)
+                           for k, v in fields.items()}
     body = msgpack.packb(frame, use_bin_type=True)
     os.write(3, struct.pack(">I", len(body)) + body)
     return "honest answer"
@@ -68,7 +73,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any], ErrorType | None, str]] = 
         MALFORMED,
     ),
     "json_result that JSON cannot carry": (
-        {"t": "result", "fields": {"json_result": b"\x00bytes"}},
+        {"t": "result", "fields": {"json_result": "bytes:\x00bytes"}},
         {},
         ErrorType.USER_EXCEPTION,
         MALFORMED,

@@ -131,6 +131,8 @@ def test_model_caches_go_to_the_volume_unless_the_worker_names_a_place(
         ("DB_PASS", "p", True),
         ("SMTP_PASSWD", "p", True),
         ("PASSWORD", "p", True),
+        ("PASSWD", "p", True),
+        ("APP_SECRETS", "s", True),
         ("SENTRY_DSN", "https://k@o.example/1", True),
         ("AZURE_CONNECTION_STRING", "x", True),
         ("DATABASE_URL", "sqlite:///x.db", True),
