@@ -29,6 +29,7 @@ credentials in the new namespace only take effect once it sets them after the ma
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import subprocess
@@ -164,6 +165,14 @@ class Confinement:
         return None
 
 
+@functools.lru_cache(maxsize=4)
+def _probed(confinement: Confinement) -> str | None:
+    """:meth:`Confinement.probe` once per process and confinement: whether the kernel lets a
+    user namespace be made does not change while a worker runs (a supervisor starts once; tests
+    and ``doctor`` start many)."""
+    return confinement.probe()
+
+
 def _kill_and_reap(pid: int) -> None:
     try:
         os.kill(pid, 9)
@@ -190,7 +199,7 @@ def decide_confinement(
             f"SANDVISOR_TEMPLATE_UID {uid} is root or a job uid: env interpreters run as root",
         )
     confinement = Confinement(uid, uid, privilege.uids, privilege.gid)
-    problem = confinement.probe(env)
+    problem = confinement.probe(env) if env is not None else _probed(confinement)
     if problem is not None:
         return None, f"env interpreters run as root: {problem}"
     return confinement, f"env interpreters run in a user namespace as uid {uid}"
