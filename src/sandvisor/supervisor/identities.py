@@ -86,6 +86,10 @@ class Identity:
     gid: int
 
 
+#: Returned uids swept in one walk of the shared places (see ``IdentityPool._returned``).
+SWEEP_BATCH = 8
+
+
 def parse_uids(text: str) -> tuple[int, ...]:
     """``"20000-20063"``, ``"20000-20003,20010"`` -> the uids in order; ``""`` -> none.
 
@@ -170,6 +174,7 @@ class IdentityPool:
         self._prepare = prepare
         self._sweep = sweep
         self._unswept: set[int] = set()  # to sweep: added on the loop, taken on the thread
+        self._dirty: dict[int, float] = {}  # returned, not yet swept: uid -> its holder's start
         self._sweep_lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None  # one: preparations wait on the disk
         self._stock = stock
@@ -218,6 +223,8 @@ class IdentityPool:
             self._check()
             coming = len(self._empty) + len(self._preparing) + len(self._returning)
             self._check()
+        if coming < wanted and self._dirty:
+            self._sweep_dirty()  # no uid left to claim: the returned ones, swept now
 
     async def start(self) -> None:
         """Have ``stock`` identities ready before the first job asks."""
@@ -259,7 +266,21 @@ class IdentityPool:
 
     def _returned(self, uid: int, acquired_at: float) -> None:
         self._returning.discard(uid)
-        self._make_ready(uid, acquired_at)
+        if self._sweep is None:
+            self._make_ready(uid, acquired_at)
+            return
+        # Swept later, with others: a walk of the shared places costs milliseconds of this
+        # process's time whatever it finds, so returned uids wait for one walk per batch (or
+        # until the pool has no other uid to give). None of them goes out before it is swept.
+        self._dirty[uid] = acquired_at
+        if len(self._dirty) >= SWEEP_BATCH:
+            self._sweep_dirty()
+
+    def _sweep_dirty(self) -> None:
+        """Make every returned uid waiting for a sweep ready: one walk for all of them."""
+        dirty, self._dirty = self._dirty, {}
+        for uid, acquired_at in dirty.items():
+            self._make_ready(uid, acquired_at)
 
     def _make_ready(self, uid: int, acquired_at: float | None = None) -> None:
         """``uid`` has no process: swept, fresh private dirs (on a thread), then it may go out."""
