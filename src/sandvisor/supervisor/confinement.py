@@ -34,7 +34,7 @@ import os
 import select
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandvisor.supervisor.privilege import Privilege
@@ -139,7 +139,7 @@ class Confinement:
             gid_map.write(self.gid_map())
         os.write(go_w, b"G")
 
-    def probe(self, env: Mapping[str, str] | None = None) -> str | None:
+    def probe(self) -> str | None:
         """None when an interpreter starts confined here and is the namespace's root as
         :attr:`uid` outside; else why not, in one line."""
         check = "import os; print(os.getresuid()[0])"
@@ -150,7 +150,7 @@ class Confinement:
                 stdin=subprocess.DEVNULL,
                 stdout=writer,
                 stderr=subprocess.DEVNULL,
-                env=dict(env or {}),
+                env={},
                 cwd="/",
             )
         except OSError as exc:
@@ -181,9 +181,7 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def decide_confinement(
-    settings: Settings, privilege: Privilege, env: Mapping[str, str] | None = None
-) -> tuple[Confinement | None, str]:
+def decide_confinement(settings: Settings, privilege: Privilege) -> tuple[Confinement | None, str]:
     """How env interpreters start, and the line that says so: confined as
     ``settings.template_uid`` when jobs switch identities, ``SANDVISOR_CONFINE_ENVS`` is on and
     a confined interpreter starts here (:meth:`Confinement.probe`, one short interpreter);
@@ -199,7 +197,7 @@ def decide_confinement(
             f"SANDVISOR_TEMPLATE_UID {uid} is root or a job uid: env interpreters run as root",
         )
     confinement = Confinement(uid, uid, privilege.uids, privilege.gid)
-    problem = confinement.probe(env) if env is not None else _probed(confinement)
+    problem = _probed(confinement)
     if problem is not None:
         return None, f"env interpreters run as root: {problem}"
     return confinement, f"env interpreters run in a user namespace as uid {uid}"

@@ -199,7 +199,7 @@ class EnvStore:
             return None
         return EnvLease(
             key=key,
-            python=self.root / key / "bin" / "python",
+            python=self.python(key),
             prefix=self.root / key,
             built=built,
             _lock=lock,
@@ -283,6 +283,10 @@ class EnvStore:
             return False
         return True
 
+    def python(self, key: str) -> Path:
+        """The interpreter of env ``key`` (what its templates and learned preloads are keyed by)."""
+        return self.root / key / "bin" / "python"
+
     def _remove_unused(self, key: str) -> bool:
         lock = self._layout.lock(key, "use")
         if not lock.try_acquire():
@@ -294,9 +298,7 @@ class EnvStore:
             lock.release()
         self._layout.empty_trash()
         # What its template learned to preload goes with it: a rebuilt env learns afresh.
-        record_path(self.settings.preloads_dir, self.root / key / "bin" / "python").unlink(
-            missing_ok=True
-        )
+        record_path(self.settings.preloads_dir, self.python(key)).unlink(missing_ok=True)
         return True
 
     def _remove_debris(self) -> None:
