@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,9 @@ def reports(directory: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def hostile_env(tmp_path: Path, offline_uv: Callable[[Path | str], None]) -> tuple[Path, Path]:
+def hostile_env(
+    tmp_path: Path, offline_uv: Callable[[Path | str], None]
+) -> Iterator[tuple[Path, Path]]:
     """A wheelhouse with ``svprobe`` (a ``.pth`` that probes at every interpreter start) and
     ``svprobe-auto`` (a module that probes when imported); the home and the reports dir."""
     home, report = tmp_path / "home", tmp_path / "reports"
@@ -87,7 +89,9 @@ def hostile_env(tmp_path: Path, offline_uv: Callable[[Path | str], None]) -> tup
         requires=["svprobe"],
     )
     offline_uv(wheels)
-    return home, report
+    yield home, report
+    # A probe that got through (a failing run) wrote into the runtime: leave it as it was.
+    (Path(os.path.dirname(str(sandvisor.__file__))) / "sv-probe-wrote").unlink(missing_ok=True)
 
 
 def assert_confined(lines: list[dict[str, Any]], where: str) -> None:
